@@ -1,0 +1,22 @@
+"""OmegaConf resolvers used by conf/ (registered by train.py before Hydra composes; no heavy imports)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+
+def run_dir_for(resume: str | None, default: str) -> str:
+    """``hydra.run.dir``: the resumed run's own directory when ``resume`` is set, else ``default``."""
+    if resume in (None, "", "null", "None"):
+        return default
+    path = Path(str(resume)).expanduser()
+    if path.is_file():  # a checkpoint: <run>/checkpoints/last.ckpt
+        path = path.parent.parent
+    return str(path.resolve())
+
+
+def register_resolvers() -> None:
+    if not OmegaConf.has_resolver("aistudio_run_dir"):
+        OmegaConf.register_new_resolver("aistudio_run_dir", run_dir_for)

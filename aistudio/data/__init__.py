@@ -1,0 +1,1 @@
+"""Datasets as projects: dataset.json schema and validation, importers, datasets, the DataModule."""

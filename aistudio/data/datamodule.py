@@ -1,0 +1,119 @@
+"""The one LightningDataModule: a dataset.json project + task dataset + augmentation pipelines."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+from torch.utils.data import DataLoader
+
+from aistudio import AistudioError
+from aistudio.data.project import Project, load_project
+
+log = logging.getLogger(__name__)
+
+
+def default_num_workers() -> int:
+    """Leave one core to the training process; never more workers than cores (CI has 2)."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cores = os.cpu_count() or 1
+    return max(0, min(8, cores - 1))
+
+
+class ProjectDataModule(pl.LightningDataModule):
+    """Loads and validates the project once, then serves train/val/test loaders for ``split_index``.
+
+    ``dataset`` builds the task dataset (``records, transform, channels``) and ``collate_fn`` batches
+    it; both come from the task config so detection/segmentation reuse this class unchanged.
+    ``image_size``, ``mean`` and ``std`` are recorded for the augmentation pipelines and for export.
+    """
+
+    def __init__(self, project: str | os.PathLike, dataset: Callable[..., Any], task: str = "classification",
+                 split_index: int = 0, batch_size: int = 32, eval_batch_size: int | None = None,
+                 num_workers: int | str = "auto", channels: int = 3, image_size: int | list[int] = 224,
+                 mean: list[float] | None = None, std: list[float] | None = None,
+                 train_transform: Callable[..., Any] | None = None,
+                 eval_transform: Callable[..., Any] | None = None,
+                 collate_fn: Callable[..., Any] | None = None, check_images: str = "header",
+                 pin_memory: bool | str = "auto", drop_last: bool = False, horizontal_flip: float = 0.5):
+        super().__init__()
+        if project is None or str(project) in ("", "???"):
+            raise AistudioError("data.project is not set — pass the folder holding dataset.json: data.project=/path")
+        self.project_path = Path(str(project)).expanduser()
+        self.dataset_factory = dataset
+        self.task = task
+        self.split_index = int(split_index)
+        self.batch_size = int(batch_size)
+        self.eval_batch_size = int(eval_batch_size or batch_size)
+        self.num_workers = default_num_workers() if num_workers == "auto" else int(num_workers)
+        self.channels = int(channels)
+        self.image_size = image_size
+        self.mean, self.std = mean, std
+        self.train_transform = train_transform
+        self.eval_transform = eval_transform
+        self.collate_fn = collate_fn
+        self.check_images = check_images
+        self.pin_memory = pin_memory
+        self.drop_last = drop_last
+        self.horizontal_flip = float(horizontal_flip)
+        self._datasets: dict[str, Any] = {}
+
+    @cached_property
+    def project(self) -> Project:
+        """Validated once, before any model is built (all problems raised together)."""
+        project = load_project(self.project_path, task=self.task, split_index=self.split_index,
+                               check_images=self.check_images)
+        sizes = {s: len(project.split(s)) for s in ("train", "val", "test")}
+        log.info("dataset %s: %d classes, split %d -> train %d / val %d / test %d", self.project_path,
+                 project.num_classes, self.split_index, sizes["train"], sizes["val"], sizes["test"])
+        return project
+
+    @property
+    def num_classes(self) -> int:
+        return self.project.num_classes
+
+    @property
+    def class_names(self) -> list[str]:
+        return list(self.project.classes)
+
+    def has_split(self, name: str) -> bool:
+        return bool(self.project.split(name))
+
+    def setup(self, stage: str | None = None) -> None:
+        transforms = {"train": self.train_transform, "val": self.eval_transform, "test": self.eval_transform}
+        for split, transform in transforms.items():
+            if split not in self._datasets:
+                self._datasets[split] = self.dataset_factory(self.project.split(split), transform,
+                                                             self.channels)
+
+    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+        import torch
+
+        self.setup()
+        pin = torch.cuda.is_available() if self.pin_memory == "auto" else bool(self.pin_memory)
+        return DataLoader(
+            self._datasets[split],
+            batch_size=self.batch_size if split == "train" else self.eval_batch_size,
+            shuffle=shuffle,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+            pin_memory=pin,
+            collate_fn=self.collate_fn,
+            drop_last=self.drop_last and split == "train",
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", shuffle=False)

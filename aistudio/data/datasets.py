@@ -1,0 +1,34 @@
+"""Task datasets over validated :class:`ImageRecord` lists."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from torch.utils.data import Dataset
+
+from aistudio.data.images import read_image
+from aistudio.data.project import ImageRecord
+
+
+class ClassificationDataset(Dataset):
+    """(image tensor CxHxW float, class index) pairs; ``transform`` is an albumentations pipeline."""
+
+    def __init__(self, records: Sequence[ImageRecord], transform: Callable[..., Any] | None = None,
+                 channels: int = 3):
+        self.records = list(records)
+        self.transform = transform
+        self.channels = channels
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        record = self.records[index]
+        image = read_image(record.file, self.channels)
+        if self.transform is not None:
+            image = self.transform(image=image)["image"]
+        if not isinstance(image, torch.Tensor):
+            image = torch.from_numpy(image).permute(2, 0, 1).float().div_(255)
+        return image, int(record.label)

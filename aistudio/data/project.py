@@ -1,0 +1,272 @@
+"""dataset.json: load a project folder and validate ALL of it up front.
+
+A project is a folder holding ``dataset.json``::
+
+    {
+      "version": 1,
+      "classes": ["cat", "dog"],                       # class index = position in this list
+      "split_schemes": ["holdout", "fold-1-of-5"],     # optional names, one per split column
+      "images": [
+        {"file": "images/cat/001.jpg",                 # relative to the folder (or absolute)
+         "width": 640, "height": 480,                  # optional; checked against the file
+         "label": "cat",                               # classification: class name (or index)
+         "split": ["train", "val"]},                   # one of train/val/test per split scheme
+        ...
+      ]
+    }
+
+``data.split_index`` picks the split column. Every problem found is collected and raised together
+as one :class:`DatasetError`, so a user fixes the file once instead of once per crash.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from aistudio import AistudioError
+
+DATASET_FILE = "dataset.json"
+SPLITS = ("train", "val", "test")
+_EXAMPLES_PER_KIND = 5
+
+
+class DatasetError(AistudioError):
+    """One or more problems in a dataset.json project, all reported at once."""
+
+    def __init__(self, source: str | Path, problems: list[str]):
+        self.source = str(source)
+        self.problems = problems
+        super().__init__(self._summary())
+
+    def _summary(self) -> str:
+        lines = [f"{self.source}: {len(self.problems)} problem(s) found, nothing was trained:"]
+        shown = self.problems[:30]
+        lines += [f"  - {p}" for p in shown]
+        if len(self.problems) > len(shown):
+            lines.append(f"  ... and {len(self.problems) - len(shown)} more (the run log lists every one)")
+        return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class ImageRecord:
+    """One validated image entry, with its split already chosen by ``split_index``."""
+
+    index: int
+    file: Path
+    split: str
+    label: int | None = None
+    width: int | None = None
+    height: int | None = None
+
+
+@dataclass
+class Project:
+    """A validated dataset.json project."""
+
+    root: Path
+    classes: list[str]
+    images: list[ImageRecord]
+    split_index: int
+    split_schemes: list[str] = field(default_factory=list)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def split(self, name: str) -> list[ImageRecord]:
+        return [record for record in self.images if record.split == name]
+
+    def class_counts(self, split: str = "train") -> list[int]:
+        counts = Counter(record.label for record in self.split(split))
+        return [counts.get(i, 0) for i in range(self.num_classes)]
+
+
+def dataset_file(path: str | Path) -> Path:
+    """Accept a project folder or the dataset.json inside it."""
+    path = Path(path).expanduser()
+    return path if path.suffix == ".json" else path / DATASET_FILE
+
+
+def load_project(path: str | Path, *, task: str = "classification", split_index: int = 0,
+                 check_images: str = "header") -> Project:
+    """Load and validate a project; raise :class:`DatasetError` listing every problem.
+
+    ``check_images``: ``header`` opens each image's header (fast: size and format, catches missing,
+    empty and non-image files), ``full`` decodes every image (catches truncated files), ``none``
+    only checks that files exist.
+    """
+    json_path = dataset_file(path)
+    if not json_path.parent.is_dir():
+        raise DatasetError(json_path.parent, [
+            "dataset folder not found — set data.project to a folder that holds dataset.json"])
+    if not json_path.is_file():
+        raise DatasetError(json_path, [
+            "no dataset.json in this folder — create one (see README, 'dataset.json') or import a "
+            "folder of class sub-folders with `aistudio import image-folder`"])
+    try:
+        raw = json.loads(json_path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise DatasetError(json_path, [
+            f"not valid JSON: {err.msg} at line {err.lineno}, column {err.colno} — fix the syntax"]) from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise DatasetError(json_path, [f"cannot be read: {err}"]) from None
+    return _Validator(json_path, raw, task, split_index, check_images).run()
+
+
+class _Validator:
+    """Collects every problem of one dataset.json instead of stopping at the first."""
+
+    def __init__(self, json_path: Path, raw: Any, task: str, split_index: int, check_images: str):
+        if check_images not in ("header", "full", "none"):
+            raise AistudioError(f"data.check_images={check_images!r} — use header, full or none")
+        self.json_path = json_path
+        self.root = json_path.parent
+        self.raw = raw
+        self.task = task
+        self.split_index = split_index
+        self.check_images = check_images
+        self.problems: list[str] = []
+
+    def fail(self, message: str) -> None:
+        self.problems.append(message)
+
+    def run(self) -> Project:
+        raw = self.raw
+        if not isinstance(raw, dict):
+            raise DatasetError(self.json_path, ["the top level must be an object with 'classes' and 'images'"])
+        classes = self._classes(raw.get("classes"))
+        images = raw.get("images")
+        if not isinstance(images, list) or not images:
+            self.fail("'images' must be a non-empty list of image entries")
+            images = []
+        records = [r for i, entry in enumerate(images) if (r := self._image(i, entry, classes)) is not None]
+        self._check_files(records)
+        if records and not self.problems:
+            counts = Counter(r.split for r in records)
+            for split in ("train", "val"):
+                if counts[split] == 0:
+                    self.fail(f"split_index {self.split_index} leaves the '{split}' split empty — "
+                              f"mark some images '{split}' in that split column or choose another data.split_index")
+        if self.problems:
+            raise DatasetError(self.json_path, self.problems)
+        schemes = raw.get("split_schemes") or []
+        return Project(self.root, classes, records, self.split_index, list(schemes))
+
+    def _classes(self, classes: Any) -> list[str]:
+        if not isinstance(classes, list) or not classes:
+            self.fail("'classes' must be a non-empty list of class names")
+            return []
+        names = [str(c) for c in classes]
+        duplicates = sorted(name for name, n in Counter(names).items() if n > 1)
+        if duplicates:
+            self.fail(f"'classes' lists {duplicates} more than once — class names must be unique")
+        return names
+
+    def _image(self, index: int, entry: Any, classes: list[str]) -> ImageRecord | None:
+        where = f"images[{index}]"
+        if not isinstance(entry, dict):
+            self.fail(f"{where}: must be an object with 'file' and 'split'")
+            return None
+        file = entry.get("file")
+        if not isinstance(file, str) or not file:
+            self.fail(f"{where}: 'file' (the image path, relative to the dataset folder) is missing")
+            return None
+        where = f"{where} ({file})"
+        ok = True
+        split = self._split(where, entry.get("split"))
+        ok &= split is not None
+        label = None
+        if self.task == "classification":
+            label = self._label(where, entry.get("label"), classes)
+            ok &= label is not None
+        width, height = entry.get("width"), entry.get("height")
+        for key, value in (("width", width), ("height", height)):
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value <= 0):
+                self.fail(f"{where}: '{key}' must be a positive integer (pixels), got {value!r}")
+                ok = False
+        if not ok:
+            return None
+        path = Path(file) if os.path.isabs(file) else self.root / file
+        return ImageRecord(index, path, split, label, width, height)
+
+    def _split(self, where: str, split: Any) -> str | None:
+        if isinstance(split, str):
+            split = [split]  # shorthand for a single split scheme
+        if not isinstance(split, list) or not split:
+            self.fail(f"{where}: 'split' must be a list with one of {list(SPLITS)} per split scheme")
+            return None
+        bad = [s for s in split if s not in SPLITS]
+        if bad:
+            self.fail(f"{where}: split value(s) {bad} are not one of {list(SPLITS)}")
+            return None
+        if not 0 <= self.split_index < len(split):
+            self.fail(f"{where}: data.split_index={self.split_index} is out of range — this entry has "
+                      f"{len(split)} split scheme(s) (valid split_index: 0..{len(split) - 1})")
+            return None
+        return split[self.split_index]
+
+    def _label(self, where: str, label: Any, classes: list[str]) -> int | None:
+        if label is None:
+            self.fail(f"{where}: 'label' is missing — classification needs one class per image")
+            return None
+        if isinstance(label, int) and not isinstance(label, bool):
+            if 0 <= label < len(classes):
+                return label
+            self.fail(f"{where}: label index {label} is out of range for {len(classes)} classes")
+            return None
+        if str(label) in classes:
+            return classes.index(str(label))
+        preview = ", ".join(classes[:10]) + (", ..." if len(classes) > 10 else "")
+        self.fail(f"{where}: label {label!r} is not one of the {len(classes)} classes ({preview}) — "
+                  "fix the label or add it to 'classes'")
+        return None
+
+    def _check_files(self, records: list[ImageRecord]) -> None:
+        if not records:
+            return
+        workers = min(16, (os.cpu_count() or 1) * 4)
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            results = list(pool.map(self._check_file, records))
+        for record, problem in zip(records, results):
+            if problem:
+                self.fail(f"images[{record.index}] ({record.file}): {problem}")
+
+    def _check_file(self, record: ImageRecord) -> str | None:
+        if not record.file.is_file():
+            return "image file not found — fix 'file' (paths are relative to the dataset folder) or remove the entry"
+        if self.check_images == "none":
+            return None
+        from PIL import Image, UnidentifiedImageError
+
+        try:
+            with Image.open(record.file) as image:
+                size = image.size
+                if self.check_images == "full":
+                    image.load()
+        except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
+            return f"unreadable image ({type(err).__name__}: {err}) — replace the file or remove the entry"
+        if (record.width, record.height) != (None, None) and (record.width, record.height) != size:
+            return (f"declared size {record.width}x{record.height} but the file is {size[0]}x{size[1]} — "
+                    "fix 'width'/'height'")
+        return None
+
+
+def write_project(root: str | Path, classes: list[str], images: list[dict[str, Any]],
+                  split_schemes: list[str] | None = None, **extra: Any) -> Path:
+    """Write a dataset.json atomically (used by importers and built-in datasets)."""
+    from aistudio.runs.atomic import atomic_write_json
+
+    path = dataset_file(root)
+    data: dict[str, Any] = {"version": 1, "classes": classes}
+    if split_schemes:
+        data["split_schemes"] = split_schemes
+    data.update(extra)
+    data["images"] = images
+    atomic_write_json(path, data)
+    return path

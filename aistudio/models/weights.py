@@ -1,0 +1,71 @@
+"""Weights policy shared by every builder: null (random init), a torchvision weights name, or a file.
+
+Nothing may be downloaded at run time: a torchvision weights name must already be in torch's hub
+cache, otherwise the builder stops with the file name and where to put it.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from aistudio import AistudioError
+
+log = logging.getLogger(__name__)
+
+
+def is_weights_file(weights: str | None) -> bool:
+    return bool(weights) and (Path(str(weights)).expanduser().suffix in {".pt", ".pth", ".ckpt", ".bin"}
+                              or Path(str(weights)).expanduser().is_file())
+
+
+def resolve_torchvision_weights(model_name: str, weights: str) -> Any:
+    """``DEFAULT``, ``IMAGENET1K_V1`` or ``ResNet18_Weights.IMAGENET1K_V1`` -> a Weights enum, cached locally."""
+    import torch
+    from torchvision.models import get_model_weights, get_weight
+
+    try:
+        enum = get_weight(weights) if "." in weights else get_model_weights(model_name)[weights]
+    except (KeyError, ValueError) as err:
+        options = [w.name for w in get_model_weights(model_name)] + ["DEFAULT"]
+        raise AistudioError(f"model.weights={weights!r} is not a torchvision weights name for {model_name} "
+                            f"(valid: {', '.join(options)}; or a local .pth/.ckpt file; or null)") from err
+    cached = Path(torch.hub.get_dir()) / "checkpoints" / Path(enum.url).name
+    if not cached.is_file():
+        raise AistudioError(
+            f"model.weights={weights!r} for {model_name} needs {Path(enum.url).name}, which is not in "
+            f"{cached.parent} and cannot be downloaded here (no internet). Copy the file there, pass a "
+            "local file as model.weights=/path/to/weights.pth, or train from scratch with model.weights=null")
+    return enum
+
+
+def load_weights_file(model: Any, path: str | Path) -> None:
+    """Load a state dict (plain, or an aistudio/Lightning checkpoint) into ``model``.
+
+    Tensors whose shape differs (a new classification head) are skipped and reported, so fine-tuning
+    from a model trained on other classes just works.
+    """
+    import torch
+
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise AistudioError(f"model.weights={str(path)!r}: file not found — pass an existing .pth/.ckpt file or null")
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    if isinstance(state, dict) and "state_dict" in state:
+        state = state["state_dict"]
+    if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
+        state = state["model"]
+    if not isinstance(state, dict):
+        raise AistudioError(f"model.weights={str(path)!r}: no state dict found in the file")
+    if any(k.startswith("model.") for k in state):  # saved from our LightningModule
+        state = {k[len("model."):]: v for k, v in state.items() if k.startswith("model.")}
+    own = model.state_dict()
+    usable = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+    skipped = sorted(set(state) - set(usable))
+    missing = sorted(set(own) - set(usable))
+    if not usable:
+        raise AistudioError(f"model.weights={str(path)!r}: none of its tensors fit this model — wrong architecture?")
+    model.load_state_dict(usable, strict=False)
+    log.info("loaded %d tensors from %s (%d skipped: shape/name mismatch, %d left at init)",
+             len(usable), path, len(skipped), len(missing))

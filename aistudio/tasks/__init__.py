@@ -1,0 +1,1 @@
+"""LightningModules: a shared base (model, optimizer, scheduler, checkpoint contract) + per-task steps."""

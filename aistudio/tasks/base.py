@@ -1,0 +1,95 @@
+"""What every task shares: the model built from config, optimizer/scheduler, fine-tuning, checkpoints.
+
+The module is built from plain config dicts (``model``, ``optimizer``, ``scheduler``) and saves
+them as hyper-parameters, so ``Module.load_from_checkpoint(path)`` rebuilds it in a fresh process.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from hydra.utils import instantiate
+
+from aistudio.training.schedulers import build_scheduler
+
+log = logging.getLogger(__name__)
+
+
+class TaskModule(pl.LightningModule):
+    """Base LightningModule. Subclasses add the loss, metrics and the train/val/test steps."""
+
+    def __init__(self, model: dict[str, Any], optimizer: dict[str, Any], scheduler: dict[str, Any] | None = None,
+                 class_names: list[str] | None = None, freeze_backbone_epochs: int = 0,
+                 backbone_lr_scale: float = 1.0):
+        super().__init__()
+        self.save_hyperparameters()
+        self.class_names = list(class_names or [])
+        self.model = instantiate(model)
+        self._backbone_frozen = False
+
+    def forward(self, images: torch.Tensor) -> Any:
+        return self.model(images)
+
+    # -- fine-tuning: which parameters are the backbone ------------------------------------------
+    def head_parameter_names(self) -> set[str]:
+        """Parameter names of the task head (everything else is the backbone). Tasks override."""
+        return set()
+
+    def _split_parameters(self) -> tuple[list[torch.nn.Parameter], list[torch.nn.Parameter]]:
+        head_names = {f"model.{n}" for n in self.head_parameter_names()}
+        backbone, head = [], []
+        for name, parameter in self.named_parameters():
+            (head if name in head_names else backbone).append(parameter)
+        return backbone, head
+
+    def on_train_epoch_start(self) -> None:
+        epochs = int(self.hparams.freeze_backbone_epochs or 0)
+        frozen = self.current_epoch < epochs
+        if frozen != self._backbone_frozen:
+            backbone, _ = self._split_parameters()
+            for parameter in backbone:
+                parameter.requires_grad_(not frozen)
+            self._backbone_frozen = frozen
+            self.train(self.training)  # re-apply the BatchNorm policy below
+            log.info("epoch %d: backbone %s", self.current_epoch, "frozen" if frozen else "trainable")
+
+    def train(self, mode: bool = True) -> TaskModule:
+        """While the backbone is frozen its BatchNorm statistics are frozen too."""
+        super().train(mode)
+        if mode and self._backbone_frozen:
+            head = {n.rsplit(".", 1)[0] for n in self.head_parameter_names()}
+            for name, module in self.model.named_modules():
+                if isinstance(module, torch.nn.modules.batchnorm._BatchNorm) and name not in head:
+                    module.eval()
+        return self
+
+    # -- optimisation --------------------------------------------------------------------------------
+    def configure_optimizers(self) -> Any:
+        factory = instantiate(self.hparams.optimizer)
+        base_lr = float(factory.keywords.get("lr", 1e-3)) if hasattr(factory, "keywords") else 1e-3
+        backbone, head = self._split_parameters()
+        scale = float(self.hparams.backbone_lr_scale)
+        groups = [{"params": backbone, "lr": base_lr * scale, "name": "backbone"}]
+        if head:
+            groups.append({"params": head, "lr": base_lr, "name": "head"})
+        optimizer = factory(groups)
+        scheduler_cfg = self.hparams.scheduler or {}
+        if not scheduler_cfg.get("scheduler"):
+            return optimizer
+        total_steps = int(self.trainer.estimated_stepping_batches)
+        max_epochs = max(1, int(self.trainer.max_epochs or 1))
+        runtime = {
+            "total_steps": total_steps,
+            "steps_per_epoch": max(1, total_steps // max_epochs),
+            "max_epochs": max_epochs,
+            "max_lr": [group["lr"] for group in optimizer.param_groups],
+        }
+        scheduler = build_scheduler(instantiate(scheduler_cfg["scheduler"]), optimizer, runtime)
+        config = {"scheduler": scheduler, "interval": scheduler_cfg.get("interval", "epoch"),
+                  "frequency": int(scheduler_cfg.get("frequency", 1))}
+        if scheduler_cfg.get("monitor"):
+            config["monitor"] = scheduler_cfg["monitor"]
+        return {"optimizer": optimizer, "lr_scheduler": config}

@@ -1,0 +1,1 @@
+"""Trainer factory, hardware resolution, schedulers and the run-directory callback."""

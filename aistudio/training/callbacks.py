@@ -1,0 +1,131 @@
+"""Callbacks that keep the standard run directory current while training.
+
+:class:`RunDirectoryCallback` appends one entry per epoch to ``metrics.json`` (rewritten atomically),
+updates ``run.json`` (epochs done, best metric, heartbeat) and stores the run config inside every
+checkpoint. Only global rank 0 writes.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+from lightning.pytorch.callbacks import Callback
+
+from aistudio.runs.atomic import atomic_write_json, read_json
+from aistudio.runs.record import RunRecord, utc_now
+
+log = logging.getLogger("aistudio.train")
+
+METRICS_FILE = "metrics.json"
+
+
+def scalar_metrics(metrics: dict[str, Any]) -> dict[str, float]:
+    """Tensor/number metrics -> floats; Lightning's ``*_step`` copies dropped, ``*_epoch`` names cleaned."""
+    out: dict[str, float] = {}
+    for key, value in metrics.items():
+        if key.endswith("_step") or key.startswith("lr-"):  # lr is recorded per parameter group below
+            continue
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            continue
+        name = key[: -len("_epoch")] if key.endswith("_epoch") else key
+        out[name] = number
+    return dict(sorted(out.items()))
+
+
+def is_better(value: float, best: float | None, mode: str) -> bool:
+    if value != value:  # NaN is never better
+        return False
+    return best is None or (value > best if mode == "max" else value < best)
+
+
+class RunDirectoryCallback(Callback):
+    """metrics.json + run.json progress + the run config embedded in checkpoints."""
+
+    def __init__(self, run_dir: str | Path, record: RunRecord | None, monitor: str, mode: str,
+                 run_config: dict[str, Any] | None = None):
+        self.run_dir = Path(run_dir)
+        self.path = self.run_dir / METRICS_FILE
+        self.record = record
+        self.monitor, self.mode = monitor, mode
+        self.run_config = run_config or {}
+        self.entries: list[dict[str, Any]] = []
+        self._epoch_lr: dict[str, float] = {}
+        self._epoch_started = time.monotonic()
+        self._fit_started = time.monotonic()
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # On resume the trainer starts at the checkpoint's epoch: keep only the epochs before it.
+        previous = read_json(self.path, default=[]) or []
+        self.entries = [e for e in previous if int(e.get("epoch", -1)) < trainer.current_epoch]
+        self._fit_started = time.monotonic()
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._epoch_started = time.monotonic()
+        # the learning rate each parameter group starts the epoch with
+        self._epoch_lr = {f"lr_{group.get('name', index)}": float(group["lr"])
+                          for optimizer in trainer.optimizers
+                          for index, group in enumerate(optimizer.param_groups)}
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.sanity_checking:
+            return
+        entry: dict[str, Any] = {"epoch": trainer.current_epoch, "step": trainer.global_step,
+                                 "time": utc_now(),
+                                 "epoch_time_s": round(time.monotonic() - self._epoch_started, 3)}
+        entry.update(scalar_metrics(trainer.callback_metrics))
+        entry.update(self._epoch_lr)
+        self.entries.append(entry)
+        summary = " ".join(f"{k}={v:.4g}" for k, v in entry.items()
+                           if isinstance(v, float) and k != "epoch_time_s" and not k.startswith("lr_"))
+        log.info("epoch %d (%.1fs): %s", entry["epoch"], entry["epoch_time_s"], summary)
+        if trainer.is_global_zero:
+            atomic_write_json(self.path, self.entries)
+            self._update_record()
+
+    def best_entry(self) -> dict[str, Any] | None:
+        best = None
+        for entry in self.entries:
+            value = entry.get(self.monitor)
+            if value is not None and is_better(value, best[self.monitor] if best else None, self.mode):
+                best = entry
+        return best
+
+    def _update_record(self) -> None:
+        if self.record is None:
+            return
+        best = self.best_entry()
+        self.record.update(
+            epochs_completed=len(self.entries),
+            best={"metric": self.monitor, "mode": self.mode, "value": best[self.monitor], "epoch": best["epoch"]}
+            if best else None,
+            last_metrics=self.entries[-1] if self.entries else {},
+            heartbeat_at=utc_now(),
+        )
+
+    def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
+                           checkpoint: dict[str, Any]) -> None:
+        checkpoint["aistudio"] = {"config": self.run_config, "class_names": getattr(pl_module, "class_names", []),
+                                  "run_dir": str(self.run_dir)}
+
+
+def progress_bar(kind: str = "auto") -> Callback | None:
+    """Rich bar on a terminal; none when output goes to a file (sweeps, SLURM), where the per-epoch
+    log line is what a reader wants. ``kind``: auto | rich | tqdm | none."""
+    if kind == "auto":
+        kind = "rich" if sys.stdout.isatty() else "none"
+    if kind == "rich":
+        from lightning.pytorch.callbacks import RichProgressBar
+
+        return RichProgressBar()
+    if kind == "tqdm":
+        from lightning.pytorch.callbacks import TQDMProgressBar
+
+        return TQDMProgressBar()
+    return None
