@@ -13,3 +13,14 @@ __version__ = "0.1.0"
 
 class AistudioError(Exception):
     """An error caused by the user's input (config, data): reported as one clear message, no traceback."""
+
+
+def user_error(error: BaseException | None) -> AistudioError | None:
+    """The :class:`AistudioError` behind ``error``, if any (Hydra wraps errors raised by ``_target_``s)."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        if isinstance(error, AistudioError):
+            return error
+        seen.add(id(error))
+        error = error.__cause__ or error.__context__
+    return None

@@ -14,6 +14,8 @@ def run_dir_for(resume: str | None, default: str) -> str:
     path = Path(str(resume)).expanduser()
     if path.is_file():  # a checkpoint: <run>/checkpoints/last.ckpt
         path = path.parent.parent
+    if not (path / "run.json").is_file():
+        return default  # not a run: train.py reports it (raising here would print Hydra's traceback)
     return str(path.resolve())
 
 

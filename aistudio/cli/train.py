@@ -14,7 +14,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from aistudio import AistudioError
+from aistudio import AistudioError, user_error
 from aistudio.runs.atomic import atomic_write_json
 from aistudio.runs.rank import global_rank
 from aistudio.runs.record import RunRecord, read_json
@@ -34,27 +34,30 @@ def main(cfg: DictConfig) -> float | None:
     run_dir = Path(hydra_cfg.runtime.output_dir)
     try:
         return run_training(cfg, run_dir, overrides=list(hydra_cfg.overrides.task))
-    except AistudioError as err:
-        log.error("%s", err)
-        if multirun:
+    except Exception as err:
+        problem = user_error(err)
+        if multirun:  # recorded as failed (run.json, training.log); the other jobs of the sweep still run
             return None
-        print(f"\nError: {err}\n(run directory: {run_dir})", file=sys.stderr)
+        if problem is None:
+            raise
+        where = f"\n(run directory: {run_dir})" if (run_dir / "run.json").exists() else ""
+        print(f"\nError: {problem}{where}", file=sys.stderr)
         sys.exit(1)
-    except Exception:
-        if multirun:  # recorded as failed; the other jobs of the sweep still run
-            log.exception("job failed (run directory: %s)", run_dir)
-            return None
-        raise
 
 
 def resolve_config(cfg: DictConfig) -> dict[str, Any]:
     """The frozen, fully resolved config (what config.json holds); missing values are one clear error."""
+    from omegaconf.errors import MissingMandatoryValue
+
     try:
         return OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)  # type: ignore[return-value]
+    except MissingMandatoryValue as err:
+        key = getattr(err, "full_key", None) or "?"
+        raise AistudioError(f"config value {key} is required but not set — add {key}=... to the command line") from None
     except OmegaConfBaseException as err:
         key = getattr(err, "full_key", None) or "?"
-        raise AistudioError(f"config value {key} is missing or invalid ({type(err).__name__}: "
-                            f"{str(err).splitlines()[0]}) — set it on the command line, e.g. {key}=...") from None
+        raise AistudioError(f"config value {key} cannot be resolved: {str(err).splitlines()[0]} — "
+                            f"fix it on the command line or in conf/ ({key}=...)") from None
 
 
 def resume_checkpoint(cfg: DictConfig, run_dir: Path) -> Path | None:
@@ -65,7 +68,8 @@ def resume_checkpoint(cfg: DictConfig, run_dir: Path) -> Path | None:
     checkpoint = given if given.is_file() else run_dir / "checkpoints" / "last.ckpt"
     previous = read_json(run_dir / "run.json")
     if previous is None:
-        raise AistudioError(f"resume={cfg.resume}: {run_dir} is not a run directory (no run.json)")
+        raise AistudioError(f"resume={cfg.resume}: not a run directory (no run.json there) — pass a run's "
+                            "directory or its checkpoints/last.ckpt")
     if previous.get("status") == "completed":
         raise AistudioError(f"resume={cfg.resume}: that run already completed. To train further, start a "
                             f"new run from its weights: model.weights={run_dir}/checkpoints/best.ckpt")
@@ -76,21 +80,23 @@ def resume_checkpoint(cfg: DictConfig, run_dir: Path) -> Path | None:
 
 
 def run_training(cfg: DictConfig, run_dir: Path, overrides: list[str] | None = None) -> float | None:
-    config = resolve_config(cfg)
-    checkpoint = resume_checkpoint(cfg, run_dir)
+    """Run one training job in ``run_dir``; every outcome ends in run.json (failed runs keep their files)."""
+    checkpoint = resume_checkpoint(cfg, run_dir)  # refusals here leave the resumed run untouched
     record: RunRecord | None = None
     if global_rank() == 0:
         if checkpoint is None and (run_dir / "run.json").exists():
-            raise AistudioError(f"{run_dir} already holds a run; choose another hydra.run.dir or resume=it")
+            raise AistudioError(f"{run_dir} already holds a run; choose another hydra.run.dir or resume={run_dir}")
         record = RunRecord.create(
-            run_dir, overrides=overrides or [], task=config["task"]["name"],
-            model=config["model"].get("name"), monitor={"metric": config["task"]["monitor"],
-                                                        "mode": config["task"]["mode"]},
+            run_dir, overrides=overrides or [], task=OmegaConf.select(cfg, "task.name", default=None),
+            model=OmegaConf.select(cfg, "model.name", default=None),
             resumed_from=str(checkpoint) if checkpoint else None)
-        atomic_write_json(run_dir / CONFIG_FILE, config)
     logging.captureWarnings(True)
     log.info("run directory: %s", run_dir)
     try:
+        config = resolve_config(cfg)
+        if record:
+            record.update(monitor={"metric": config["task"]["monitor"], "mode": config["task"]["mode"]})
+            atomic_write_json(run_dir / CONFIG_FILE, config)
         return _fit_and_test(cfg, config, run_dir, record, checkpoint)
     except KeyboardInterrupt:
         if record:
@@ -101,8 +107,13 @@ def run_training(cfg: DictConfig, run_dir: Path, overrides: list[str] | None = N
             record.mark_interrupted(f"training stopped (exit code {exit_.code}), e.g. Ctrl-C")
         raise
     except BaseException as err:
+        problem = user_error(err)
+        if problem is not None:
+            log.error("run failed: %s", problem)
+        else:
+            log.exception("run failed with %s", type(err).__name__)
         if record:
-            record.mark_failed(err)
+            record.mark_failed(problem or err)
         raise
 
 

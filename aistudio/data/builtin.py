@@ -31,8 +31,8 @@ def digits_project(root: str | Path) -> str:
     marker = target / DATASET_FILE
     if marker.is_file() and DIGITS_VERSION in marker.read_text(encoding="utf-8")[:300]:
         return str(target)
-    from sklearn.datasets import load_digits
     import cv2
+    from sklearn.datasets import load_digits
 
     log.info("Materialising scikit-learn digits as a dataset.json project in %s", target)
     digits = load_digits()

@@ -98,6 +98,10 @@ class ProjectDataModule(pl.LightningDataModule):
 
         self.setup()
         pin = torch.cuda.is_available() if self.pin_memory == "auto" else bool(self.pin_memory)
+        drop_last = self.drop_last and split == "train"
+        if split == "train" and self.batch_size > 1 and len(self._datasets[split]) % self.batch_size == 1:
+            # a last batch of one image breaks BatchNorm in training mode; skip it instead of crashing
+            drop_last = True
         return DataLoader(
             self._datasets[split],
             batch_size=self.batch_size if split == "train" else self.eval_batch_size,
@@ -106,7 +110,7 @@ class ProjectDataModule(pl.LightningDataModule):
             persistent_workers=self.num_workers > 0,
             pin_memory=pin,
             collate_fn=self.collate_fn,
-            drop_last=self.drop_last and split == "train",
+            drop_last=drop_last,
         )
 
     def train_dataloader(self) -> DataLoader:

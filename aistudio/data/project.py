@@ -63,6 +63,7 @@ class ImageRecord:
     label: int | None = None
     width: int | None = None
     height: int | None = None
+    entry: str = ""  # the 'file' value as written in dataset.json, for messages
 
 
 @dataclass
@@ -193,7 +194,7 @@ class _Validator:
         if not ok:
             return None
         path = Path(file) if os.path.isabs(file) else self.root / file
-        return ImageRecord(index, path, split, label, width, height)
+        return ImageRecord(index, path, split, label, width, height, entry=file)
 
     def _split(self, where: str, split: Any) -> str | None:
         if isinstance(split, str):
@@ -235,11 +236,12 @@ class _Validator:
             results = list(pool.map(self._check_file, records))
         for record, problem in zip(records, results):
             if problem:
-                self.fail(f"images[{record.index}] ({record.file}): {problem}")
+                self.fail(f"images[{record.index}] ({record.entry}): {problem}")
 
     def _check_file(self, record: ImageRecord) -> str | None:
         if not record.file.is_file():
-            return "image file not found — fix 'file' (paths are relative to the dataset folder) or remove the entry"
+            return (f"image file not found at {record.file} — fix 'file' (paths are relative to the dataset "
+                    "folder) or remove the entry")
         if self.check_images == "none":
             return None
         from PIL import Image, UnidentifiedImageError

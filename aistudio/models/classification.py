@@ -87,7 +87,7 @@ def adapt_input_channels(model: Any, in_channels: int) -> None:
     import torch
     import torch.nn as nn
 
-    for name, module in model.named_modules():
+    for name, module in model.named_modules():  # noqa: B007 - the first conv is used below
         if isinstance(module, nn.Conv2d):
             break
     else:

@@ -60,8 +60,9 @@ class RunDirectoryCallback(Callback):
         self._epoch_started = time.monotonic()
         self._fit_started = time.monotonic()
 
-    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        # On resume the trainer starts at the checkpoint's epoch: keep only the epochs before it.
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # Runs after a resumed checkpoint restored the loop: the trainer starts at the checkpoint's
+        # epoch, so keep only the entries before it (no duplicate or missing epochs).
         previous = read_json(self.path, default=[]) or []
         self.entries = [e for e in previous if int(e.get("epoch", -1)) < trainer.current_epoch]
         self._fit_started = time.monotonic()

@@ -1,0 +1,95 @@
+#!/usr/bin/env bash
+# One-shot GPU benchmark for a machine with one GPU (H100/H200) and a plain copy of this repo (no venv).
+#
+#   bash scripts/bench/gpu.sh          # from anywhere; report -> $OUT/gpu_report.txt when $OUT is set
+#
+# Steps (each printed with a timestamp): a fresh venv + `pip install -e .`, nvidia-smi -L, the start-up
+# benchmark, the default `python train.py hardware=gpu` timed end to end (default_run.py), and the
+# framework-vs-raw throughput benchmark on the GPU in 16-bit mixed precision (throughput.py).
+# Each step has a timeout so the whole script stays under about 8 minutes even when one hangs.
+#
+# Offline machines: the venv also sees the site-packages of $PYTHON (so a preinstalled torch is used,
+# never re-downloaded); when PyPI is unreachable the install falls back to --no-index with the wheels in
+# $WHEELS (default scripts/bench/wheels, made elsewhere by scripts/bench/fetch_wheels.sh).
+# Environment: PYTHON (default python3), VENV (default /tmp/aistudio-gpu-venv), WHEELS, OUT.
+set -euo pipefail
+
+REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+PY=${PYTHON:-python3}
+VENV=${VENV:-/tmp/aistudio-gpu-venv}
+WHEELS=${WHEELS:-$REPO/scripts/bench/wheels}
+if [[ -n "${OUT:-}" ]]; then
+    mkdir -p "$OUT"
+    REPORT=$OUT/gpu_report.txt
+else
+    REPORT=$(mktemp /tmp/gpu_report.XXXXXX.txt)
+fi
+export PYTHONUNBUFFERED=1 PIP_DISABLE_PIP_VERSION_CHECK=1 NO_ALBUMENTATIONS_UPDATE=1
+START=$SECONDS
+FAILED=()
+
+step() { printf '\n=== [%s, +%ds] %s\n' "$(date +%T)" $((SECONDS - START)) "$*"; }
+
+# a benchmark step: bounded in time; a failure is reported and the next step still runs
+bench() {
+    local limit=$1 name=$2
+    shift 2
+    step "$name (timeout ${limit}s): $*"
+    local rc=0
+    timeout --kill-after=10 "$limit" "$@" || rc=$?
+    if ((rc != 0)); then
+        echo "!!! $name failed (exit code $rc$( ((rc == 124)) && echo ', timed out'))"
+        FAILED+=("$name")
+    fi
+}
+
+main() {
+    cd "$REPO"
+    step "machine: $(hostname), $(nproc) cores; repo $REPO; report $REPORT"
+    git log -1 --oneline 2>/dev/null || true
+
+    step "venv $VENV from $PY ($("$PY" --version 2>&1))"
+    rm -rf "$VENV"
+    # a base interpreter without ensurepip (Debian without python3-venv) still gets a venv: pip then
+    # comes from $PYTHON's site-packages, linked in below
+    "$PY" -m venv "$VENV" || { rm -rf "$VENV"; "$PY" -m venv --without-pip "$VENV"; }
+    local purelib
+    purelib=$("$VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+    # $PYTHON's own site-packages go after the venv's: preinstalled torch & co. are found, not fetched
+    "$PY" -c 'import site; print("\n".join(site.getsitepackages()))' >"$purelib/_base_python_site.pth"
+    cat "$purelib/_base_python_site.pth"
+    local VPY=$VENV/bin/python
+
+    step "pip install -e ."
+    local links=()
+    [[ -d "$WHEELS" ]] && links=(--find-links "$WHEELS")
+    if ! timeout 150 "$VPY" -m pip install --progress-bar off --retries 1 --timeout 15 "${links[@]}" -e "$REPO"; then
+        echo "--- plain install failed (offline?): retrying with --no-index ${links[*]}"
+        timeout 120 "$VPY" -m pip install --progress-bar off --no-index --no-build-isolation "${links[@]}" -e "$REPO"
+    fi
+    "$VPY" - <<'EOF'
+import importlib.metadata as md
+import torch
+print({p: md.version(p) for p in ("aistudio", "torch", "torchvision", "lightning", "hydra-core", "albumentations")})
+print("cuda available:", torch.cuda.is_available(), "| device:", torch.cuda.get_device_name(0) if torch.cuda.is_available() else None)
+EOF
+
+    step "nvidia-smi -L"
+    nvidia-smi -L
+
+    bench 45 "start-up" "$VPY" scripts/bench/startup.py
+    local data
+    data=$(mktemp -d /tmp/aistudio-gpu-data.XXXXXX)  # shared: the throughput run reuses the digits
+    bench 170 "default train on GPU" "$VPY" scripts/bench/default_run.py --data-dir "$data" hardware=gpu
+    bench 170 "throughput on GPU" "$VPY" scripts/bench/throughput.py --accelerator gpu --epochs 6 --rounds 2 \
+        --data-dir "$data"
+    rm -rf "$data"
+
+    step "done in $((SECONDS - START)) s; failed steps: ${FAILED[*]:-none}"
+    ((${#FAILED[@]} == 0))
+}
+
+main 2>&1 | tee "$REPORT"
+rc=${PIPESTATUS[0]}
+echo "report: $REPORT"
+exit "$rc"

@@ -1,0 +1,250 @@
+"""Training throughput (images/s): the whole framework versus a bare PyTorch loop, side by side.
+
+Framework side = exactly what ``python train.py`` runs: the real config composed by Hydra, HydraConfig set
+as Hydra's job runner sets it, then ``aistudio.cli.train.run_training`` with every run-directory callback
+(ModelCheckpoint best+last, EarlyStopping, LearningRateMonitor, RunDirectoryCallback writing
+metrics.json/run.json) and the TensorBoard logger. Raw side = ``for x, y in loader: forward,
+cross-entropy, backward, step, zero_grad`` on the same model (build_classifier), the same
+ProjectDataModule loader (ClassificationDataset + the same albumentations pipeline, batch size,
+num_workers), the same optimizer settings and torch thread count. Rounds alternate raw, framework, raw,
+framework... to cancel drift; in each, epoch 0 is warm-up and only later epochs are timed.
+Target: framework/raw >= 0.95.
+
+    .venv/bin/python scripts/bench/throughput.py [--epochs 6] [--rounds 2] [--model resnet18]
+        [--batch-size 64] [--image-size 32] [--accelerator cpu|gpu] [--threads N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import os
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from _common import REPO, isolate, table
+
+sys.path.insert(0, str(REPO))  # this checkout's aistudio, even without `pip install -e .`
+
+import lightning.pytorch as pl  # noqa: E402
+import torch  # noqa: E402
+from hydra import compose, initialize_config_dir  # noqa: E402
+from hydra.core.hydra_config import HydraConfig  # noqa: E402
+from hydra.core.utils import configure_log  # noqa: E402
+from hydra.utils import instantiate  # noqa: E402
+from omegaconf import DictConfig, OmegaConf, open_dict  # noqa: E402
+
+from aistudio.cli.train import run_training  # noqa: E402
+from aistudio.config import register_resolvers  # noqa: E402
+from aistudio.models.classification import build_classifier  # noqa: E402
+
+TARGET_RATIO = 0.95
+
+
+@dataclass
+class Measure:
+    side: str
+    round: int
+    epochs: int  # timed epochs (after the warm-up epoch)
+    images: int
+    seconds: float
+    threads: int
+    val_seconds: float = 0.0  # framework only: validation time subtracted
+
+    @property
+    def rate(self) -> float:
+        return self.images / self.seconds if self.seconds > 0 else float("nan")
+
+
+class EpochTimer(pl.Callback):
+    """Times each training epoch of the real trainer, minus its validation loop.
+
+    Validation stays ON (the real config): ModelCheckpoint and EarlyStopping then act exactly as in a real
+    run (best.ckpt/last.ckpt written every epoch, metrics.json/run.json rewritten). An epoch is measured
+    from its on_train_epoch_start to the next one (on_train_end for the last), so every end-of-epoch
+    write is charged to the framework, and only the validation loop itself (on_validation_start ..
+    on_validation_epoch_end: the val batches) is subtracted, since the raw loop does no validation.
+    Built from cfg.callbacks by the trainer factory; ``instances`` lets the benchmark find it.
+    """
+
+    instances: list[EpochTimer] = []
+
+    def __init__(self, sync_cuda: bool = False):
+        self.sync_cuda = sync_cuda
+        self.starts: list[float] = []
+        self.val: list[float] = []
+        self.images: list[int] = []
+        self.end = 0.0
+        self.threads = torch.get_num_threads()
+        self._val_start = 0.0
+        EpochTimer.instances.append(self)
+
+    def _now(self) -> float:
+        if self.sync_cuda:
+            torch.cuda.synchronize()
+        return time.perf_counter()
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.starts.append(self._now())
+        self.val.append(0.0)
+        self.images.append(0)
+        self.threads = torch.get_num_threads()
+
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any,
+                             batch_idx: int) -> None:
+        self.images[-1] += len(batch[1])
+
+    def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not trainer.sanity_checking:
+            self._val_start = self._now()
+
+    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not trainer.sanity_checking and self.val:
+            self.val[-1] += self._now() - self._val_start
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.end = self._now()
+
+    def measure(self, round_: int) -> Measure:
+        ends = self.starts[1:] + [self.end]
+        timed = range(1, len(self.starts))  # epoch 0 is warm-up
+        return Measure("framework", round_, len(timed), sum(self.images[k] for k in timed),
+                       sum(ends[k] - self.starts[k] - self.val[k] for k in timed), self.threads,
+                       sum(self.val[k] for k in timed))
+
+
+def compose_config(args: argparse.Namespace, epochs: int) -> DictConfig:
+    """The real conf/train.yaml with the benchmark's overrides, Hydra node included (as Hydra's runner has it)."""
+    model = f"model={args.model}" if (REPO / "conf" / "model" / f"{args.model}.yaml").is_file() \
+        else f"model.name={args.model}"
+    overrides = [
+        f"hardware={args.accelerator}",  # cpu: 32-true; gpu: 16-mixed on GPU 0
+        f"trainer.max_epochs={epochs}", model, f"data.batch_size={args.batch_size}",
+        f"data.image_size={args.image_size}",
+        "test=false",  # the test pass after fit is not training throughput
+        "callbacks.progress_bar.kind=none",  # same with or without a terminal (a bar is not a run-dir callback)
+        *args.override,
+    ]
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        return compose(config_name="train", overrides=overrides, return_hydra_config=True)
+
+
+def run_framework(args: argparse.Namespace, round_: int) -> Measure:
+    """One ``python train.py`` run in-process, as Hydra's job runner does it, with the EpochTimer added."""
+    run_dir = Path(tempfile.mkdtemp(prefix=f"framework-{round_}-", dir=os.environ["AISTUDIO_RUNS_DIR"]))
+    cfg = compose_config(args, args.epochs)
+    with open_dict(cfg):
+        cfg.hydra.runtime.output_dir = str(run_dir)
+        cfg.callbacks.bench_timer = {"_target_": f"{__name__}.EpochTimer", "sync_cuda": args.accelerator == "gpu"}
+    HydraConfig.instance().set_config(cfg)
+    configure_log(cfg.hydra.job_logging, cfg.hydra.verbose)  # console + logs/training.log, like a real run
+    with open_dict(cfg):
+        del cfg["hydra"]  # the task function never sees the hydra node
+    EpochTimer.instances.clear()
+    torch.set_num_threads(args.threads)
+    run_training(cfg, run_dir, overrides=[])
+    return EpochTimer.instances[-1].measure(round_)
+
+
+def run_raw(args: argparse.Namespace, round_: int) -> Measure:
+    """The same model, loader and optimizer in a plain loop; epoch 0 warm-up, later epochs timed."""
+    cfg = compose_config(args, args.epochs)
+    HydraConfig.instance().set_config(cfg)
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(int(cfg.seed))
+    gpu = args.accelerator == "gpu"
+    device = torch.device("cuda", 0) if gpu else torch.device("cpu")
+    datamodule = instantiate(cfg.data)  # ProjectDataModule: same dataset class, transforms, workers, pinning
+    loader = datamodule.train_dataloader()
+    model_cfg: dict[str, Any] = OmegaConf.to_container(cfg.model, resolve=True)  # type: ignore[assignment]
+    model_cfg.pop("_target_", None)
+    model_cfg["num_classes"] = datamodule.num_classes
+    model = build_classifier(**model_cfg).to(device)
+    optimizer = instantiate(cfg.optimizer)(model.parameters())  # SGD lr/momentum/nesterov/wd from conf
+    criterion = torch.nn.CrossEntropyLoss()
+    scaler = torch.amp.GradScaler("cuda", enabled=gpu)  # gpu: fp16 autocast + loss scaling = 16-mixed
+    model.train()
+    seconds, images = 0.0, 0
+    for epoch in range(args.epochs):
+        if gpu:
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        seen = 0
+        for x, y in loader:
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            with torch.autocast(device_type="cuda", dtype=torch.float16, enabled=gpu):
+                loss = criterion(model(x), y)
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+            optimizer.zero_grad(set_to_none=True)
+            seen += len(y)
+        if gpu:
+            torch.cuda.synchronize()
+        if epoch > 0:
+            seconds += time.perf_counter() - start
+            images += seen
+    threads = torch.get_num_threads()
+    del loader, datamodule  # stop the persistent workers before the other side runs
+    return Measure("raw", round_, args.epochs - 1, images, seconds, threads)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--epochs", type=int, default=6, help="epochs per side and round (first is warm-up; >= 2)")
+    parser.add_argument("--rounds", type=int, default=2, help="raw/framework pairs, alternated")
+    parser.add_argument("--model", default="resnet18")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--image-size", type=int, default=32)
+    parser.add_argument("--accelerator", choices=["cpu", "gpu"], default="cpu")
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch threads, both sides")
+    parser.add_argument("--data-dir", help="reuse this AISTUDIO_DATA_DIR (default: fresh temp dir)")
+    parser.add_argument("--override", action="append", default=[], help="extra Hydra override (repeatable)")
+    args = parser.parse_args()
+    if args.epochs < 2:
+        parser.error("--epochs must be >= 2 (epoch 0 is warm-up)")
+    if args.accelerator == "gpu" and not torch.cuda.is_available():
+        parser.error("--accelerator gpu: no CUDA device visible")
+    isolate("throughput", args.data_dir)
+    register_resolvers()
+
+    probe = compose_config(args, args.epochs)
+    HydraConfig.instance().set_config(probe)
+    workers = instantiate(probe.data).num_workers
+    device = torch.cuda.get_device_name(0) if args.accelerator == "gpu" else f"CPU ({os.cpu_count()} cores)"
+    setup = (f"{args.model}, batch {args.batch_size}, image {args.image_size}, {args.epochs} epochs/side "
+             f"(1 warm-up), {args.rounds} rounds, num_workers {workers}, torch threads {args.threads}, "
+             f"{device}, precision {probe.hardware.precision}")
+    print(f"throughput benchmark: {setup}", flush=True)
+
+    results: list[Measure] = []
+    for round_ in range(1, args.rounds + 1):
+        for side, fn in (("raw", run_raw), ("framework", run_framework)):
+            print(f"\n--- round {round_}: {side}", flush=True)
+            results.append(fn(args, round_))
+            gc.collect()
+            print(f"--- round {round_}: {side}: {results[-1].rate:.1f} images/s", flush=True)
+
+    rows = [[m.side, m.round, m.epochs, m.images, m.seconds, round(m.rate, 1), m.threads,
+             m.val_seconds if m.side == "framework" else "-"] for m in results]
+    totals = {}
+    for side in ("raw", "framework"):
+        mine = [m for m in results if m.side == side]
+        totals[side] = sum(m.images for m in mine) / sum(m.seconds for m in mine)
+    ratio = totals["framework"] / totals["raw"]
+    per_round = [f"{f.rate / r.rate:.3f}" for r, f in zip(results[::2], results[1::2])]
+    print(f"\nthroughput: {setup}\n")
+    print(table(["side", "round", "timed epochs", "images", "train s", "images/s", "threads",
+                 "val s subtracted"], rows))
+    print(f"\nimages/s over all rounds: raw {totals['raw']:.1f}, framework {totals['framework']:.1f}")
+    print(f"ratio framework/raw: {ratio:.3f}   target >= {TARGET_RATIO}   "
+          f"[{'ok' if ratio >= TARGET_RATIO else 'UNDER'}]   (per round: {', '.join(per_round)})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,64 @@
+"""Small real data and config helpers shared by the tests."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+CONF = ROOT / "conf"
+SHARED_DATA = ROOT.parent / "shared" / "data"
+
+
+def make_color_project(root: Path, per_class: int = 12, size: int = 16, seed: int = 0,
+                       classes: tuple[str, ...] = ("red", "green", "blue")) -> Path:
+    """A tiny, learnable classification project: noisy images dominated by one colour channel."""
+    import cv2
+
+    rng = np.random.default_rng(seed)
+    root.mkdir(parents=True, exist_ok=True)
+    images = []
+    pattern = ["train"] * (per_class - 4) + ["val", "val", "test", "test"]
+    for label, name in enumerate(classes):
+        for i in range(per_class):
+            pixels = rng.integers(0, 90, size=(size, size, 3), dtype=np.uint8)
+            pixels[:, :, label % 3] = rng.integers(150, 256, size=(size, size), dtype=np.uint8)
+            relative = f"img/{name}_{i:02d}.png"
+            (root / relative).parent.mkdir(parents=True, exist_ok=True)
+            cv2.imwrite(str(root / relative), cv2.cvtColor(pixels, cv2.COLOR_RGB2BGR))
+            images.append({"file": relative, "width": size, "height": size, "label": name,
+                           "split": [pattern[i], pattern[(i + 4) % per_class]]})
+    (root / "dataset.json").write_text(json.dumps({"version": 1, "classes": list(classes), "images": images}))
+    return root
+
+
+def edit_dataset(root: Path, change) -> None:
+    """Load dataset.json, let ``change(data)`` mutate it, write it back."""
+    path = root / "dataset.json"
+    data = json.loads(path.read_text())
+    change(data)
+    path.write_text(json.dumps(data))
+
+
+def subprocess_env(tmp: Path) -> dict[str, str]:
+    env = dict(os.environ)
+    env.setdefault("AISTUDIO_DATA_DIR", str(tmp / "datasets"))
+    env["AISTUDIO_RUNS_DIR"] = str(tmp / "runs")
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+def run_train(args: list[str], tmp: Path, timeout: float = 300, **kwargs: Any) -> subprocess.CompletedProcess:
+    """``python train.py <args>`` in a subprocess, from the repository root."""
+    return subprocess.run([sys.executable, str(ROOT / "train.py"), *args], cwd=ROOT, env=subprocess_env(tmp),
+                          capture_output=True, text=True, timeout=timeout, **kwargs)
+
+
+FAST_TRAIN = ["hardware=cpu", "data.num_workers=0", "data.image_size=32", "data.batch_size=8",
+              "model=resnet18", "callbacks.progress_bar.kind=none"]

@@ -1,0 +1,211 @@
+"""Every option of every config group composes and instantiates into the real object."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+
+from aistudio import AistudioError, user_error
+from aistudio.training.schedulers import build_scheduler
+from tests.helpers import CONF, ROOT
+
+
+def options(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
+
+
+def test_every_group_has_its_options():
+    assert {"resnet18", "resnet34", "resnet50", "mobilenet_v3_small", "mobilenet_v3_large", "efficientnet_b0",
+            "convnext_tiny", "vit_b_16", "torchvision"} <= set(options("model"))
+    assert set(options("optimizer")) == {"sgd", "adam", "adamw"}
+    assert set(options("scheduler")) == {"none", "cosine", "step", "onecycle", "plateau"}
+    assert {"none", "light", "default", "heavy"} <= set(options("augmentation"))
+    assert {"cpu", "gpu", "auto"} <= set(options("hardware"))
+    assert {"tensorboard", "csv", "mlflow"} <= set(options("logger"))
+    assert {"fast_dev_run", "overfit", "limit"} <= set(options("debug"))
+    assert "digits_resnet18" in options("experiment")
+
+
+@pytest.mark.parametrize("name", [m for m in options("model") if m != "torchvision"])
+def test_model_builds_and_runs(compose_cfg, name):
+    cfg = compose_cfg(f"model={name}")
+    model = instantiate(cfg.model, num_classes=4)
+    model.eval()
+    with torch.no_grad():
+        out = model(torch.randn(2, 3, cfg.data.image_size, cfg.data.image_size))
+    assert out.shape == (2, 4)
+
+
+def test_any_torchvision_model_by_name(compose_cfg):
+    cfg = compose_cfg("model=torchvision", "model.name=regnet_x_400mf", "data.channels=1")
+    model = instantiate(cfg.model, num_classes=3)
+    assert model(torch.randn(2, 1, 32, 32)).shape == (2, 3)
+
+
+def test_unknown_torchvision_model_suggests_names(compose_cfg):
+    cfg = compose_cfg("model=torchvision", "model.name=resnet181")
+    with pytest.raises(Exception) as info:
+        instantiate(cfg.model, num_classes=3)
+    assert "Did you mean: resnet18" in str(user_error(info.value))
+
+
+@pytest.mark.parametrize("name", options("optimizer"))
+def test_optimizer_instantiates(compose_cfg, name):
+    cfg = compose_cfg(f"optimizer={name}", "optimizer.lr=0.123")
+    optimizer = instantiate(cfg.optimizer)([torch.nn.Parameter(torch.zeros(3))])
+    assert isinstance(optimizer, torch.optim.Optimizer) and optimizer.param_groups[0]["lr"] == 0.123
+
+
+@pytest.mark.parametrize("name", options("scheduler"))
+def test_scheduler_instantiates_and_steps(compose_cfg, name):
+    cfg = compose_cfg(f"scheduler={name}")
+    parameter = torch.nn.Parameter(torch.zeros(3))
+    optimizer = torch.optim.SGD([parameter], lr=0.1)
+    if not cfg.scheduler.scheduler:
+        assert name == "none"
+        return
+    runtime = {"total_steps": 50, "steps_per_epoch": 10, "max_epochs": 5, "max_lr": [0.1]}
+    scheduler = build_scheduler(instantiate(cfg.scheduler.scheduler), optimizer, runtime)
+    assert cfg.scheduler.interval in ("step", "epoch")
+    for _ in range(50 if cfg.scheduler.interval == "step" else 12):
+        optimizer.step()
+        scheduler.step(1.0) if name == "plateau" else scheduler.step()
+    assert optimizer.param_groups[0]["lr"] < 0.1
+
+
+def test_cosine_warms_up_then_decays():
+    from aistudio.training.schedulers import warmup_cosine
+
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    scheduler = warmup_cosine(optimizer, total_steps=100, steps_per_epoch=10, warmup_epochs=1, min_lr_ratio=0.1)
+    lrs = []
+    for _ in range(100):
+        lrs.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    assert lrs[0] == pytest.approx(0.01) and max(lrs) == pytest.approx(1.0) and lrs.index(1.0) == 10
+    assert lrs[-1] == pytest.approx(0.1, abs=0.01) and all(a >= b for a, b in zip(lrs[10:], lrs[11:]))
+
+
+@pytest.mark.parametrize("name", options("augmentation"))
+def test_augmentation_pipelines_give_normalised_tensors(compose_cfg, name):
+    cfg = compose_cfg(f"augmentation={name}", "data=project", "data.project=unused", "data.image_size=48")
+    image = np.random.default_rng(0).integers(0, 256, (60, 40, 3), dtype=np.uint8)
+    for stage in ("train", "eval"):
+        out = instantiate(cfg.augmentation[stage])(image=image)["image"]
+        assert isinstance(out, torch.Tensor) and out.shape == (3, 48, 48) and out.dtype == torch.float32
+    evaluated = instantiate(cfg.augmentation.eval)
+    assert torch.equal(evaluated(image=image)["image"], evaluated(image=image)["image"])
+
+
+def test_hardware_options_resolve(compose_cfg):
+    assert instantiate(compose_cfg("hardware=cpu").hardware) == {
+        "accelerator": "cpu", "devices": 1, "strategy": "auto", "num_nodes": 1, "precision": "32-true"}
+    auto = instantiate(compose_cfg("hardware=auto").hardware)
+    assert auto["accelerator"] == ("gpu" if torch.cuda.is_available() else "cpu")
+    if not torch.cuda.is_available():
+        for overrides, message in ((["hardware=gpu"], "no CUDA GPU is visible"),
+                                   (["hardware=cpu", "hardware.precision=16-mixed"], "needs a GPU")):
+            with pytest.raises(Exception) as info:
+                instantiate(compose_cfg(*overrides).hardware)
+            assert message in str(user_error(info.value))
+
+
+def test_multi_gpu_selection_means_ddp(monkeypatch):
+    from aistudio.training import hardware
+
+    monkeypatch.setattr(hardware, "_visible_gpus", lambda: 4)
+    resolved = hardware.resolve_hardware([1, 3], precision="bf16-mixed")
+    assert resolved["devices"] == [1, 3] and resolved["strategy"] == "ddp" and resolved["accelerator"] == "gpu"
+    with pytest.raises(AistudioError, match=r"GPU\(s\) \[5\] do not exist"):
+        hardware.resolve_hardware([0, 5])
+
+
+@pytest.mark.parametrize("name", options("logger"))
+def test_loggers_instantiate(compose_cfg, tmp_path, name, monkeypatch):
+    from lightning.pytorch.loggers import Logger
+
+    from aistudio.training.trainer import instantiate_all
+
+    monkeypatch.setenv("AISTUDIO_RUNS_DIR", str(tmp_path / "runs"))
+    cfg = compose_cfg(f"logger={name}")
+    loggers = instantiate_all(cfg.get("logger"))
+    assert all(isinstance(logger, Logger) for logger in loggers)
+    assert len(loggers) == (0 if name == "none" else 1)
+
+
+def test_loggers_combine(compose_cfg):
+    cfg = compose_cfg("logger=[tensorboard,csv]")
+    assert set(cfg.logger) == {"tensorboard", "csv"}
+
+
+def test_callbacks_and_trainer_instantiate(compose_cfg, tmp_path):
+    from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint
+
+    from aistudio.training.callbacks import RunDirectoryCallback
+    from aistudio.training.trainer import build_trainer, instantiate_all
+
+    cfg = compose_cfg("hardware=cpu", "callbacks.early_stopping.patience=3")
+    built = instantiate_all(cfg.callbacks)
+    kinds = {type(c) for c in built}
+    assert {ModelCheckpoint, EarlyStopping, LearningRateMonitor} <= kinds
+    checkpoint = next(c for c in built if isinstance(c, ModelCheckpoint))
+    assert (checkpoint.monitor, checkpoint.mode) == ("val_acc", "max")
+    trainer = build_trainer(cfg, RunDirectoryCallback(tmp_path, None, "val_acc", "max"))
+    assert trainer.max_epochs == cfg.trainer.max_epochs
+    assert next(c for c in trainer.callbacks if isinstance(c, EarlyStopping)).patience == 3
+
+
+@pytest.mark.parametrize("name", options("debug"))
+def test_debug_modes_compose(compose_cfg, name):
+    cfg = compose_cfg(f"debug={name}")
+    trainer = cfg.trainer
+    assert trainer.fast_dev_run or trainer.overfit_batches or trainer.limit_train_batches
+
+
+def test_experiment_recipe(compose_cfg):
+    cfg = compose_cfg("experiment=digits_resnet18")
+    assert cfg.model.name == "resnet18" and cfg.trainer.max_epochs == 15
+    overridden = compose_cfg("experiment=digits_resnet18", "model=mobilenet_v3_small")
+    assert overridden.model.name == "mobilenet_v3_small"
+
+
+def test_task_module_instantiates(compose_cfg):
+    cfg = compose_cfg()
+    config = OmegaConf.to_container(cfg, resolve=True)
+    module = instantiate(cfg.task.module, model={**config["model"], "num_classes": 10},
+                         optimizer=config["optimizer"], scheduler=config["scheduler"],
+                         _recursive_=False, _convert_="all")
+    assert module(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+
+
+def test_data_options(compose_cfg, color_project):
+    digits = instantiate(compose_cfg("data=digits").data)
+    assert digits.num_classes == 10 and digits.image_size == 32 and digits.horizontal_flip == 0.0
+    user = instantiate(compose_cfg("data=project", f"data.project={color_project}").data)
+    assert user.class_names == ["red", "green", "blue"]
+
+
+def test_config_only_commands_are_fast_and_do_not_import_torch():
+    code = ("import runpy, sys; sys.argv=['train.py','--cfg','job']; "
+            "import contextlib, io\n"
+            "with contextlib.redirect_stdout(io.StringIO()):\n"
+            "    try: runpy.run_path('train.py', run_name='__main__')\n"
+            "    except SystemExit: pass\n"
+            "heavy = [m for m in ('torch', 'lightning', 'torchvision', 'albumentations') if m in sys.modules]\n"
+            "print('HEAVY', heavy)")
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert "HEAVY []" in result.stdout, result.stdout + result.stderr
+
+
+def test_unknown_choice_lists_valid_options():
+    result = subprocess.run([sys.executable, "train.py", "model=resnet999"], cwd=ROOT, capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode != 0
+    assert "Could not find 'model/resnet999'" in result.stderr and "resnet18" in result.stderr

@@ -1,0 +1,149 @@
+"""The LightningModule and model builders in-process: fine-tuning options, weights policy, metrics."""
+
+from __future__ import annotations
+
+import lightning.pytorch as pl
+import pytest
+import torch
+
+from aistudio import AistudioError, user_error
+from aistudio.cli.train import _class_weights
+from aistudio.data.datamodule import ProjectDataModule
+from aistudio.data.datasets import ClassificationDataset
+from aistudio.models.classification import build_classifier, head_modules
+from aistudio.tasks.classification import ClassificationModule
+
+MODEL = {"_target_": "aistudio.models.classification.build_classifier", "name": "resnet18", "num_classes": 3}
+SGD = {"_target_": "torch.optim.SGD", "_partial_": True, "lr": 0.05, "momentum": 0.9}
+
+
+def datamodule(project) -> ProjectDataModule:
+    import albumentations as A
+    from albumentations.pytorch import ToTensorV2
+
+    pipeline = A.Compose([A.Resize(32, 32), A.Normalize(), ToTensorV2()])
+    return ProjectDataModule(project, dataset=ClassificationDataset, batch_size=8, num_workers=0,
+                             train_transform=pipeline, eval_transform=pipeline)
+
+
+def trainer(epochs: int, callbacks=()) -> pl.Trainer:
+    return pl.Trainer(max_epochs=epochs, accelerator="cpu", logger=False, enable_checkpointing=False,
+                      enable_progress_bar=False, enable_model_summary=False, callbacks=list(callbacks))
+
+
+@pytest.mark.parametrize(("name", "head"), [("resnet18", ["fc"]), ("mobilenet_v3_small", ["classifier.3"]),
+                                            ("efficientnet_b0", ["classifier.1"]), ("convnext_tiny", ["classifier.2"]),
+                                            ("vit_b_16", ["heads.head"])])
+def test_head_is_found_for_every_family(name, head):
+    kwargs = {"image_size": 32} if name == "vit_b_16" else {}
+    assert head_modules(build_classifier(name, 7, **kwargs), 7) == head
+
+
+def test_frozen_backbone_trains_only_the_head_then_unfreezes(color_project):
+    torch.manual_seed(0)
+    module = ClassificationModule(MODEL, SGD, class_names=["r", "g", "b"], freeze_backbone_epochs=1)
+    snapshots = []
+
+    class Snapshot(pl.Callback):
+        def on_train_epoch_end(self, trainer, pl_module):
+            snapshots.append({k: v.detach().clone() for k, v in pl_module.model.state_dict().items()})
+
+    start = {k: v.detach().clone() for k, v in module.model.state_dict().items()}
+    trainer(2, [Snapshot()]).fit(module, datamodule=datamodule(color_project))
+    after_frozen, after_free = snapshots
+    assert torch.equal(after_frozen["conv1.weight"], start["conv1.weight"])
+    assert torch.equal(after_frozen["bn1.running_mean"], start["bn1.running_mean"])  # BN statistics frozen too
+    assert not torch.equal(after_frozen["fc.weight"], start["fc.weight"])
+    assert not torch.equal(after_free["conv1.weight"], after_frozen["conv1.weight"])
+
+
+def test_backbone_gets_its_own_learning_rate(color_project):
+    module = ClassificationModule(MODEL, SGD, backbone_lr_scale=0.1)
+    lrs = {}
+
+    class Capture(pl.Callback):
+        def on_train_start(self, trainer, pl_module):
+            lrs.update({g["name"]: g["lr"] for g in trainer.optimizers[0].param_groups})
+
+    trainer(1, [Capture()]).fit(module, datamodule=datamodule(color_project))
+    assert lrs == {"backbone": pytest.approx(0.005), "head": pytest.approx(0.05)}
+
+
+def test_cosine_schedule_is_stepped_per_batch(color_project):
+    scheduler = {"scheduler": {"_target_": "aistudio.training.schedulers.warmup_cosine", "_partial_": True,
+                               "warmup_epochs": 1}, "interval": "step"}
+    module = ClassificationModule(MODEL, SGD, scheduler=scheduler)
+    seen = []
+
+    class Capture(pl.Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            seen.append(trainer.optimizers[0].param_groups[1]["lr"])
+
+    trainer(2, [Capture()]).fit(module, datamodule=datamodule(color_project))
+    assert len(seen) == 6 and seen[0] < seen[2] and seen[3] == pytest.approx(0.05) and seen[-1] < 0.05
+
+
+def test_class_weights():
+    assert _class_weights("balanced", [10, 30]) == pytest.approx([2.0, 2 / 3])
+    assert _class_weights(None, [1, 2]) is None and _class_weights([1, 2], [5, 5]) == [1.0, 2.0]
+    with pytest.raises(AistudioError, match="2 values for 3 classes"):
+        _class_weights([1, 2], [1, 1, 1])
+    module = ClassificationModule(MODEL, SGD, class_weights=[1.0, 2.0, 3.0], label_smoothing=0.1)
+    assert module.criterion.weight.tolist() == [1.0, 2.0, 3.0] and module.criterion.label_smoothing == 0.1
+
+
+def test_local_weights_file_loads_backbone_and_skips_new_head(tmp_path):
+    source = build_classifier("resnet18", 10)
+    path = tmp_path / "weights.pth"
+    torch.save(source.state_dict(), path)
+    model = build_classifier("resnet18", 3, weights=str(path))
+    assert torch.equal(model.conv1.weight, source.conv1.weight) and model.fc.out_features == 3
+
+
+def test_weights_from_an_aistudio_checkpoint(tmp_path):
+    module = ClassificationModule(MODEL, SGD)
+    path = tmp_path / "best.ckpt"
+    torch.save({"state_dict": module.state_dict()}, path)
+    model = build_classifier("resnet18", 3, weights=str(path))
+    assert torch.equal(model.fc.weight, module.model.fc.weight)
+
+
+def test_torchvision_weights_not_in_cache_fail_with_the_file_to_fetch(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    with pytest.raises(AistudioError, match=r"resnet18-.*\.pth.*cannot be downloaded here"):
+        build_classifier("resnet18", 3, weights="DEFAULT")
+    with pytest.raises(AistudioError, match="IMAGENET1K_V1"):
+        build_classifier("resnet18", 3, weights="NOT_A_WEIGHT")
+
+
+def test_cached_torchvision_weights_replace_the_head(tmp_path, monkeypatch):
+    from torchvision.models import ResNet18_Weights, resnet18
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    cache = tmp_path / "hub" / "checkpoints"
+    cache.mkdir(parents=True)
+    reference = resnet18()  # stands in for the ImageNet file: same layout, 1000 classes
+    torch.save(reference.state_dict(), cache / ResNet18_Weights.DEFAULT.url.rsplit("/", 1)[1])
+    model = build_classifier("resnet18", 5, weights="DEFAULT")
+    assert torch.equal(model.conv1.weight, reference.conv1.weight) and model.fc.out_features == 5
+
+
+def test_grayscale_input_channels():
+    model = build_classifier("resnet18", 4, in_channels=1)
+    assert model.conv1.in_channels == 1 and model(torch.randn(2, 1, 32, 32)).shape == (2, 4)
+
+
+def test_num_classes_must_be_known():
+    with pytest.raises(AistudioError, match="num_classes"):
+        build_classifier("resnet18", None)
+
+
+def test_metrics_cover_train_val_test(color_project):
+    module = ClassificationModule(MODEL, SGD)
+    fit = trainer(1)
+    fit.fit(module, datamodule=datamodule(color_project))
+    assert {"train_acc", "train_f1", "val_acc", "val_f1", "val_precision", "val_recall", "val_loss"} <= set(
+        fit.callback_metrics)
+    results = fit.test(module, datamodule=datamodule(color_project), verbose=False)[0]
+    assert set(results) == {"test_loss", "test_acc", "test_f1", "test_precision", "test_recall"}
+    assert user_error(None) is None

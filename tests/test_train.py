@@ -1,0 +1,199 @@
+"""End-to-end: ``python train.py`` in a subprocess on a tiny real dataset, checking every artifact."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import FAST_TRAIN, ROOT, edit_dataset, run_train, subprocess_env
+
+pytestmark = pytest.mark.slow
+
+
+def watch_statuses(run_json: Path, stop: threading.Event, seen: list[str], parse_errors: list[str]) -> None:
+    """Read run.json in a tight loop while the run writes it: record every status, every parse failure."""
+    while not stop.is_set():
+        try:
+            text = run_json.read_text()
+        except FileNotFoundError:
+            time.sleep(0.005)
+            continue
+        try:
+            status = json.loads(text)["status"]
+        except (json.JSONDecodeError, KeyError) as err:
+            parse_errors.append(repr(err))
+            continue
+        if not seen or seen[-1] != status:
+            seen.append(status)
+        time.sleep(0.002)
+
+
+def test_run_directory_is_complete_and_best_checkpoint_reloads(tmp_path, color_project):
+    run_dir = tmp_path / "run"
+    seen: list[str] = []
+    errors: list[str] = []
+    stop = threading.Event()
+    watcher = threading.Thread(target=watch_statuses, args=(run_dir / "run.json", stop, seen, errors))
+    watcher.start()
+    try:
+        result = run_train(["data=project", f"data.project={color_project}", *FAST_TRAIN,
+                            "trainer.max_epochs=3", "trainer.log_every_n_steps=1", f"hydra.run.dir={run_dir}",
+                            "optimizer.lr=0.01"], tmp_path)
+    finally:
+        stop.set()
+        watcher.join()
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert seen == ["pending", "running", "completed"] and not errors
+
+    run = json.loads((run_dir / "run.json").read_text())
+    assert run["status"] == "completed" and run["error"] is None and run["attempt"] == 1
+    assert run["task"] == "classification" and run["model"] == "resnet18"
+    assert run["duration_s"] > 0 and run["ended_at"] > run["started_at"]
+    assert "train.py" in run["command"] and f"data.project={color_project}" in run["overrides"]
+    assert run["versions"]["torch"] and run["host"] and run["pid"] > 0 and run["epochs_completed"] == 3
+
+    config = json.loads((run_dir / "config.json").read_text())
+    assert config["trainer"]["max_epochs"] == 3 and config["optimizer"]["lr"] == 0.01
+    assert config["data"]["project"] == str(color_project)  # resolved, no interpolations left
+    assert "${" not in (run_dir / "config.json").read_text()
+
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert [m["epoch"] for m in metrics] == [0, 1, 2]
+    for entry in metrics:
+        assert {"train_loss", "train_acc", "val_loss", "val_acc", "val_f1", "val_precision", "val_recall",
+                "lr_backbone", "lr_head", "epoch_time_s", "step"} <= set(entry)
+    best_epoch = max(metrics, key=lambda m: m["val_acc"])  # max() keeps the first of equal values
+    assert run["best"]["epoch"] == best_epoch["epoch"] and run["best"]["value"] == best_epoch["val_acc"]
+    assert run["best"]["checkpoint"] == "checkpoints/best.ckpt"
+    assert run["final_metrics"]["epoch"] == 2
+    assert set(run["test_metrics"]) >= {"test_acc", "test_loss", "test_f1"}
+
+    assert (run_dir / "checkpoints" / "best.ckpt").is_file() and (run_dir / "checkpoints" / "last.ckpt").is_file()
+    log = (run_dir / "logs" / "training.log").read_text()
+    assert "epoch 2" in log and "test (best checkpoint)" in log
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run_dir / "tensorboard"))
+    events.Reload()
+    assert len(events.Scalars("val_acc")) == 3 and len(events.Scalars("train_loss_step")) == 9
+
+    # best.ckpt in a fresh process: load_from_checkpoint alone rebuilds the module; validating it on
+    # the same data gives the val metric recorded for the best epoch.
+    probe = f"""
+import json, lightning.pytorch as pl
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+from aistudio.tasks.classification import ClassificationModule
+module = ClassificationModule.load_from_checkpoint({str(run_dir / 'checkpoints' / 'best.ckpt')!r})
+config = OmegaConf.create(json.load(open({str(run_dir / 'config.json')!r})))
+data = instantiate(config.data)
+trainer = pl.Trainer(accelerator='cpu', logger=False, enable_progress_bar=False, enable_model_summary=False)
+print('VAL_ACC', trainer.validate(module, datamodule=data, verbose=False)[0]['val_acc'])
+"""
+    check = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, env=subprocess_env(tmp_path),
+                           capture_output=True, text=True, timeout=120)
+    assert check.returncode == 0, check.stderr[-3000:]
+    value = float(check.stdout.split("VAL_ACC")[1].split()[0])
+    assert value == pytest.approx(run["best"]["value"], abs=1e-6)
+
+
+def test_sweep_writes_one_complete_run_directory_per_job(tmp_path, color_project):
+    sweep = tmp_path / "sweep"
+    result = run_train(["-m", "data=project", f"data.project={color_project}", *FAST_TRAIN,
+                        "trainer.max_epochs=2", "optimizer.lr=0.01,0.02", f"hydra.sweep.dir={sweep}"], tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    jobs = sorted(p for p in sweep.iterdir() if p.is_dir() and not p.name.startswith("."))
+    assert [p.name for p in jobs] == ["0", "1"]
+    lrs = []
+    for job in jobs:
+        run = json.loads((job / "run.json").read_text())
+        assert run["status"] == "completed"
+        assert len(json.loads((job / "metrics.json").read_text())) == 2
+        assert (job / "checkpoints" / "best.ckpt").is_file() and (job / "logs" / "training.log").is_file()
+        lrs.append(json.loads((job / "config.json").read_text())["optimizer"]["lr"])
+    assert lrs == [0.01, 0.02]
+
+
+def test_exception_during_training_marks_run_failed_and_keeps_artifacts(tmp_path, color_project):
+    run_dir = tmp_path / "run"
+    result = run_train(["data=project", f"data.project={color_project}", *FAST_TRAIN, "trainer.max_epochs=2",
+                        "optimizer.lr=-1", f"hydra.run.dir={run_dir}"], tmp_path)
+    assert result.returncode != 0
+    run = json.loads((run_dir / "run.json").read_text())
+    assert run["status"] == "failed" and run["ended_at"]
+    assert run["error"]["type"] == "ValueError" and "Invalid learning rate" in run["error"]["message"]
+    assert "Traceback" in run["error"]["traceback"]
+    assert (run_dir / "config.json").is_file() and "Invalid learning rate" in (run_dir / "logs" / "training.log").read_text()
+
+
+def test_bad_dataset_is_one_clear_error_and_a_failed_run(tmp_path, color_project):
+    edit_dataset(color_project, lambda d: (d["images"][2].update(label="purple"),
+                                           d["images"][7].update(split=["trian", "val"])))
+    run_dir = tmp_path / "run"
+    result = run_train(["data=project", f"data.project={color_project}", *FAST_TRAIN,
+                        f"hydra.run.dir={run_dir}"], tmp_path)
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    assert "2 problem(s) found" in result.stderr and "images[2] (img/red_02.png)" in result.stderr
+    assert "'purple' is not one of the 3 classes" in result.stderr and "['trian']" in result.stderr
+    run = json.loads((run_dir / "run.json").read_text())
+    assert run["status"] == "failed" and run["error"]["type"] == "DatasetError"
+    assert not (run_dir / "checkpoints").exists()
+
+
+def test_missing_required_value_is_reported_before_training(tmp_path):
+    env_free = ["data=project", "hardware=cpu"]
+    result = run_train(env_free, tmp_path)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert "data.project" in result.stderr and "data.project=" in result.stderr
+
+
+def test_fast_dev_run_completes_without_checkpoints(tmp_path, color_project):
+    run_dir = tmp_path / "run"
+    result = run_train(["data=project", f"data.project={color_project}", *FAST_TRAIN, "debug=fast_dev_run",
+                        f"hydra.run.dir={run_dir}"], tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    run = json.loads((run_dir / "run.json").read_text())
+    assert run["status"] == "completed" and run["best"]["checkpoint"] is None and run["test_metrics"]
+    assert len(json.loads((run_dir / "metrics.json").read_text())) == 1
+
+
+def test_interrupted_run_resumes_from_last_checkpoint_in_the_same_directory(tmp_path, color_project):
+    run_dir = tmp_path / "run"
+    args = ["data=project", f"data.project={color_project}", *FAST_TRAIN, "data.batch_size=2",
+            "callbacks.early_stopping=null", "trainer.max_epochs=6"]
+    process = subprocess.Popen([sys.executable, str(ROOT / "train.py"), *args, f"hydra.run.dir={run_dir}"],
+                               cwd=ROOT, env=subprocess_env(tmp_path), stdout=subprocess.DEVNULL,
+                               stderr=subprocess.PIPE, text=True)
+    metrics_path = run_dir / "metrics.json"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and process.poll() is None:
+        if metrics_path.exists() and len(json.loads(metrics_path.read_text())) >= 2:
+            break
+        time.sleep(0.05)
+    process.send_signal(signal.SIGINT)
+    process.wait(timeout=60)
+    assert process.returncode != 0
+    run = json.loads((run_dir / "run.json").read_text())
+    assert run["status"] == "interrupted", run
+    done = len(json.loads(metrics_path.read_text()))
+    assert 2 <= done < 6
+
+    resumed = run_train([*args, f"resume={run_dir}"], tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    run = json.loads((run_dir / "run.json").read_text())
+    assert run["status"] == "completed" and run["attempt"] == 2
+    assert run["history"][0]["status"] == "interrupted"
+    assert [m["epoch"] for m in json.loads(metrics_path.read_text())] == list(range(6))
+
+    refused = run_train([*args, f"resume={run_dir}"], tmp_path)
+    assert refused.returncode == 1 and "already completed" in refused.stderr
+    assert json.loads((run_dir / "run.json").read_text())["status"] == "completed"
