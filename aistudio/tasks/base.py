@@ -13,6 +13,7 @@ import lightning.pytorch as pl
 import torch
 from hydra.utils import instantiate
 
+from aistudio import AistudioError
 from aistudio.training.schedulers import build_scheduler
 
 log = logging.getLogger(__name__)
@@ -72,6 +73,9 @@ class TaskModule(pl.LightningModule):
         base_lr = float(factory.keywords.get("lr", 1e-3)) if hasattr(factory, "keywords") else 1e-3
         backbone, head = self._split_parameters()
         scale = float(self.hparams.backbone_lr_scale)
+        if not head and (scale != 1.0 or self.hparams.freeze_backbone_epochs):
+            raise AistudioError("backbone_lr_scale / freeze_backbone_epochs need a task head, and none was "
+                                "found in this model — leave them at 1.0 / 0")
         groups = [{"params": backbone, "lr": base_lr * scale, "name": "backbone"}]
         if head:
             groups.append({"params": head, "lr": base_lr, "name": "head"})

@@ -4,11 +4,14 @@
 # scipy, pyyaml (this workplace's CUDA image: CPython 3.12, x86-64). Only the packages that image lacks
 # are fetched (about 10 MB); gpu.sh installs them with --no-index --find-links when PyPI is unreachable.
 #
-#   bash scripts/bench/fetch_wheels.sh [DIR]      # DIR defaults to scripts/bench/wheels
+#   bash scripts/bench/fetch_wheels.sh [DIR]      # DIR defaults to .whl in the repo root
 #   PYVER=3.12 (target CPython version)  PYTHON=python3 (the pip used to download)
+#
+# Keep the wheels out of git (`echo /.whl/ >> .git/info/exclude`) and ship them with the repo copy
+# (for the device tool: carry [".whl"]); gpu.sh looks in .whl, then scripts/bench/wheels.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
-DIR=${1:-scripts/bench/wheels}
+DIR=${1:-.whl}
 PYVER=${PYVER:-3.12}
 PY=${PYTHON:-python3}
 mkdir -p "$DIR"

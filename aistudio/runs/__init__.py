@@ -1,0 +1,1 @@
+"""The standard run directory: run.json lifecycle, metrics.json, atomic writes."""

@@ -1,0 +1,170 @@
+"""run.json: the record of one run, rewritten atomically at every status change.
+
+Statuses: pending -> running -> completed | failed | interrupted. Readers go through
+:func:`load_run` so the file layout stays one documented contract (see README, "Run directory").
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import shlex
+import socket
+import subprocess
+import sys
+import traceback
+import uuid
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from aistudio.runs.atomic import atomic_write_json, read_json
+
+RUN_FILE = "run.json"
+SCHEMA_VERSION = 1
+STATUSES = ("pending", "running", "completed", "failed", "interrupted")
+FINAL_STATUSES = ("completed", "failed", "interrupted")
+_TRACKED_PACKAGES = (
+    "aistudio", "torch", "torchvision", "lightning", "torchmetrics", "hydra-core", "omegaconf",
+    "albumentations", "opencv-python-headless", "numpy",
+)
+
+
+def utc_now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+
+
+def new_run_id() -> str:
+    """Sortable and unique even for jobs started in the same second: ``YYYYmmdd-HHMMSS-xxxxxx``."""
+    return f"{datetime.now():%Y%m%d-%H%M%S}-{uuid.uuid4().hex[:6]}"
+
+
+def package_versions() -> dict[str, str | None]:
+    versions: dict[str, str | None] = {"python": platform.python_version()}
+    for name in _TRACKED_PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    return versions
+
+
+def git_state(cwd: str | Path) -> dict[str, Any] | None:
+    """Commit and dirty flag of the repository the run was started from, or None outside git."""
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True,
+                                text=True, timeout=5)
+        if commit.returncode != 0:
+            return None
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=cwd,
+                               capture_output=True, text=True, timeout=5)
+        return {"commit": commit.stdout.strip(), "dirty": bool(dirty.stdout.strip())}
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+class RunRecord:
+    """In-memory copy of run.json; every mutating method writes the file at once."""
+
+    def __init__(self, run_dir: str | Path, data: dict[str, Any]):
+        self.run_dir = Path(run_dir)
+        self.data = data
+
+    @property
+    def path(self) -> Path:
+        return self.run_dir / RUN_FILE
+
+    @property
+    def status(self) -> str:
+        return self.data["status"]
+
+    @classmethod
+    def create(cls, run_dir: str | Path, **fields: Any) -> RunRecord:
+        """Start a new record (status ``pending``) or reopen an existing one for another attempt."""
+        run_dir = Path(run_dir).resolve()
+        existing = read_json(run_dir / RUN_FILE)
+        now = utc_now()
+        if existing:
+            data = existing
+            history = data.setdefault("history", [])
+            history.append({k: data.get(k) for k in ("attempt", "status", "started_at", "ended_at",
+                                                      "error")})
+            data["attempt"] = int(data.get("attempt", 1)) + 1
+            for key in ("started_at", "ended_at", "duration_s", "error"):
+                data[key] = None
+        else:
+            data = {
+                "schema_version": SCHEMA_VERSION,
+                "id": new_run_id(),
+                "attempt": 1,
+                "created_at": now,
+                "started_at": None,
+                "ended_at": None,
+                "duration_s": None,
+                "error": None,
+                "best": None,
+                "final_metrics": {},
+                "test_metrics": {},
+                "epochs_completed": 0,
+                "history": [],
+            }
+        data.update(
+            status="pending",
+            run_dir=str(run_dir),
+            command=shlex.join([os.path.basename(sys.executable), *sys.argv]),
+            argv=list(sys.argv),
+            cwd=os.getcwd(),
+            git=git_state(os.getcwd()),
+            versions=package_versions(),
+            host=socket.gethostname(),
+            pid=os.getpid(),
+            updated_at=now,
+        )
+        data.update(fields)
+        record = cls(run_dir, data)
+        record.write()
+        return record
+
+    def write(self) -> None:
+        self.data["updated_at"] = utc_now()
+        atomic_write_json(self.path, self.data)
+
+    def update(self, **fields: Any) -> None:
+        self.data.update(fields)
+        self.write()
+
+    def mark_running(self) -> None:
+        self.update(status="running", started_at=utc_now())
+
+    def _finish(self, status: str, **fields: Any) -> None:
+        ended = datetime.now(timezone.utc)
+        started = self.data.get("started_at") or self.data.get("created_at")
+        duration = (ended - datetime.fromisoformat(started)).total_seconds() if started else None
+        self.update(status=status, ended_at=ended.isoformat(timespec="milliseconds"),
+                    duration_s=round(duration, 3) if duration is not None else None, **fields)
+
+    def mark_completed(self, **fields: Any) -> None:
+        self._finish("completed", **fields)
+
+    def mark_failed(self, error: BaseException) -> None:
+        self._finish("failed", error=describe_error(error))
+
+    def mark_interrupted(self, reason: str) -> None:
+        self._finish("interrupted", error={"type": "Interrupted", "message": reason, "traceback": None})
+
+
+def describe_error(error: BaseException) -> dict[str, Any]:
+    return {
+        "type": type(error).__name__,
+        "message": str(error),
+        "traceback": "".join(traceback.format_exception(type(error), error, error.__traceback__)),
+    }
+
+
+def load_run(run_dir: str | Path) -> dict[str, Any]:
+    """Read run.json of a run directory (raises FileNotFoundError when there is none)."""
+    data = read_json(Path(run_dir) / RUN_FILE)
+    if data is None:
+        raise FileNotFoundError(f"{Path(run_dir) / RUN_FILE} does not exist: not a run directory")
+    return data

@@ -1,0 +1,37 @@
+"""The ``aistudio`` command: import an image folder, validate a project."""
+
+from __future__ import annotations
+
+import json
+
+from aistudio.cli.main import main
+from tests.helpers import edit_dataset, make_color_project
+
+
+def test_import_then_validate(tmp_path, capsys):
+    source = make_color_project(tmp_path / "src", per_class=8)
+    for name in ("red", "green", "blue"):
+        (source / name).mkdir()
+        for image in (source / "img").glob(f"{name}_*.png"):
+            image.rename(source / name / image.name)
+    (source / "dataset.json").unlink()
+    assert main(["import", "image-folder", str(source), "--folds", "2"]) == 0
+    assert "data.project=" in capsys.readouterr().out
+    data = json.loads((source / "dataset.json").read_text())
+    assert len(data["images"]) == 24 and len(data["images"][0]["split"]) == 3
+    assert main(["validate", str(source), "--split-index", "2"]) == 0
+    assert "OK" in capsys.readouterr().out
+
+
+def test_validate_reports_problems_without_traceback(tmp_path, capsys):
+    project = make_color_project(tmp_path / "p")
+    edit_dataset(project, lambda d: d["images"][0].update(label="nope"))
+    assert main(["validate", str(project)]) == 1
+    err = capsys.readouterr().err
+    assert "images[0] (img/red_00.png)" in err and "Traceback" not in err
+
+
+def test_import_rejects_a_folder_without_classes(tmp_path, capsys):
+    (tmp_path / "only").mkdir()
+    assert main(["import", "image-folder", str(tmp_path)]) == 1
+    assert "at least two classes" in capsys.readouterr().err
