@@ -69,13 +69,19 @@ def test_run_directory_is_complete_and_best_checkpoint_reloads(tmp_path, color_p
     for entry in metrics:
         assert {"train_loss", "train_acc", "val_loss", "val_acc", "val_f1", "val_precision", "val_recall",
                 "lr_backbone", "lr_head", "epoch_time_s", "step"} <= set(entry)
-    best_epoch = max(metrics, key=lambda m: m["val_acc"])  # max() keeps the first of equal values
+    best_value = max(m["val_acc"] for m in metrics)
+    best_epoch = [m for m in metrics if m["val_acc"] == best_value][-1]  # ties: the later epoch wins
     assert run["best"]["epoch"] == best_epoch["epoch"] and run["best"]["value"] == best_epoch["val_acc"]
     assert run["best"]["checkpoint"] == "checkpoints/best.ckpt"
     assert run["final_metrics"]["epoch"] == 2
     assert set(run["test_metrics"]) >= {"test_acc", "test_loss", "test_f1"}
 
-    assert (run_dir / "checkpoints" / "best.ckpt").is_file() and (run_dir / "checkpoints" / "last.ckpt").is_file()
+    import torch
+
+    last = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    best = torch.load(run_dir / "checkpoints" / "best.ckpt", map_location="cpu", weights_only=False)
+    assert last["epoch"] == 2 and best["epoch"] == run["best"]["epoch"]  # ckpt "epoch" = epochs finished - 1
+    assert best["aistudio"]["class_names"] == ["red", "green", "blue"] and best["aistudio"]["config"] == config
     log = (run_dir / "logs" / "training.log").read_text()
     assert "epoch 2" in log and "test (best checkpoint)" in log
 

@@ -160,14 +160,15 @@ def _fit_and_test(cfg: DictConfig, config: dict[str, Any], run_dir: Path, record
         _recursive_=False, _convert_="all",
     )
     monitor, mode = config["task"]["monitor"], config["task"]["mode"]
-    run_callback = RunDirectoryCallback(run_dir, record, monitor, mode, run_config=config)
+    ties = bool(OmegaConf.select(cfg, "callbacks.model_checkpoint.save_on_tie", default=True))
+    run_callback = RunDirectoryCallback(run_dir, record, monitor, mode, run_config=config, best_on_tie=ties)
     trainer = build_trainer(cfg, run_callback)
     if record:
         record.mark_running()
     trainer.fit(module, datamodule=datamodule, ckpt_path=str(checkpoint) if checkpoint else None)
     if trainer.interrupted:
         raise SystemExit(1)
-    best_path = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+    best_path = next((c.best_model_path for c in trainer.checkpoint_callbacks if c.monitor == monitor), "")
     best = run_callback.best_entry()
     test_metrics: dict[str, float] = {}
     if datamodule.has_split("test") and cfg.get("test", True):

@@ -39,21 +39,25 @@ def scalar_metrics(metrics: dict[str, Any]) -> dict[str, float]:
     return dict(sorted(out.items()))
 
 
-def is_better(value: float, best: float | None, mode: str) -> bool:
+def is_better(value: float, best: float | None, mode: str, ties: bool = False) -> bool:
+    """Whether ``value`` beats ``best``; with ``ties`` an equal value counts too (the later epoch wins)."""
     if value != value:  # NaN is never better
         return False
-    return best is None or (value > best if mode == "max" else value < best)
+    if best is None or (ties and value == best):
+        return True
+    return value > best if mode == "max" else value < best
 
 
 class RunDirectoryCallback(Callback):
     """metrics.json + run.json progress + the run config embedded in checkpoints."""
 
     def __init__(self, run_dir: str | Path, record: RunRecord | None, monitor: str, mode: str,
-                 run_config: dict[str, Any] | None = None):
+                 run_config: dict[str, Any] | None = None, best_on_tie: bool = True):
         self.run_dir = Path(run_dir)
         self.path = self.run_dir / METRICS_FILE
         self.record = record
         self.monitor, self.mode = monitor, mode
+        self.best_on_tie = best_on_tie  # same rule as the checkpoint callback's save_on_tie
         self.run_config = run_config or {}
         self.entries: list[dict[str, Any]] = []
         self._epoch_lr: dict[str, float] = {}
@@ -94,7 +98,8 @@ class RunDirectoryCallback(Callback):
         best = None
         for entry in self.entries:
             value = entry.get(self.monitor)
-            if value is not None and is_better(value, best[self.monitor] if best else None, self.mode):
+            if value is not None and is_better(value, best[self.monitor] if best else None, self.mode,
+                                               self.best_on_tie):
                 best = entry
         return best
 

@@ -10,6 +10,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from aistudio.training.callbacks import RunDirectoryCallback
+from aistudio.training.checkpoint import AtomicCheckpointIO
 
 
 def instantiate_all(group: DictConfig | None) -> list[Any]:
@@ -31,5 +32,6 @@ def build_trainer(cfg: DictConfig, run_callback: RunDirectoryCallback,
     loggers = instantiate_all(cfg.get("logger"))
     hardware = instantiate(cfg.hardware)
     has_bar = any(isinstance(c, pl.callbacks.ProgressBar) for c in callbacks)
-    return instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False,
+    checkpoint_io = instantiate(cfg.checkpoint_io) if cfg.get("checkpoint_io") else AtomicCheckpointIO()
+    return instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, plugins=[checkpoint_io],
                        enable_progress_bar=has_bar, **hardware)

@@ -1,0 +1,45 @@
+"""best.ckpt / last.ckpt semantics and crash-safe checkpoint writes."""
+
+from __future__ import annotations
+
+import lightning.pytorch as pl
+import pytest
+import torch
+
+from aistudio.training.checkpoint import AtomicCheckpointIO, BestAndLastCheckpoint, replace_with_link
+from tests.test_module import MODEL, SGD, datamodule
+
+
+def test_atomic_write_leaves_no_temp_and_link_survives_rewrite(tmp_path):
+    io = AtomicCheckpointIO()
+    best, last = tmp_path / "best.ckpt", tmp_path / "last.ckpt"
+    io.save_checkpoint({"epoch": 1}, best)
+    replace_with_link(best, last)
+    assert best.stat().st_ino == last.stat().st_ino
+    io.save_checkpoint({"epoch": 2}, best)  # a new best must not rewrite the linked last.ckpt
+    assert torch.load(last)["epoch"] == 1 and torch.load(best)["epoch"] == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["best.ckpt", "last.ckpt"]
+
+
+
+
+@pytest.mark.parametrize(("save_on_tie", "best_epoch"), [(True, 3), (False, 1)])
+def test_last_is_the_final_epoch_even_when_best_is_earlier(tmp_path, color_project, save_on_tie, best_epoch):
+    from aistudio.tasks.classification import ClassificationModule
+
+    scores = [0.5, 0.9, 0.4, 0.9, 0.3]  # a tie at epoch 3: the later epoch becomes best
+
+    class Scripted(ClassificationModule):
+        def on_validation_epoch_end(self):
+            self.log("score", scores[self.current_epoch])
+
+    out = tmp_path / "checkpoints"
+    checkpoint = BestAndLastCheckpoint(dirpath=out, filename="best", monitor="score", mode="max",
+                                       save_last=True, enable_version_counter=False, save_on_tie=save_on_tie)
+    trainer = pl.Trainer(max_epochs=5, accelerator="cpu", logger=False, enable_progress_bar=False,
+                         enable_model_summary=False, num_sanity_val_steps=0, callbacks=[checkpoint],
+                         plugins=[AtomicCheckpointIO()])
+    trainer.fit(Scripted(MODEL, SGD), datamodule=datamodule(color_project))
+    assert torch.load(out / "best.ckpt", weights_only=False)["epoch"] == best_epoch
+    assert torch.load(out / "last.ckpt", weights_only=False)["epoch"] == 4
+    assert sorted(p.name for p in out.iterdir()) == ["best.ckpt", "last.ckpt"]
