@@ -28,11 +28,14 @@ class ClassificationModule(TaskModule):
         num_classes = int(model["num_classes"])
         weight = torch.tensor(class_weights, dtype=torch.float32) if class_weights else None
         self.criterion = torch.nn.CrossEntropyLoss(weight=weight, label_smoothing=float(label_smoothing))
+        # labels were validated when the dataset loaded; torchmetrics' per-batch argument checks would
+        # add a GPU sync to every step
+        checks = {"validate_args": False}
         metrics = MetricCollection({
-            "acc": MulticlassAccuracy(num_classes, average="micro"),
-            "f1": MulticlassF1Score(num_classes, average="macro"),
-            "precision": MulticlassPrecision(num_classes, average="macro"),
-            "recall": MulticlassRecall(num_classes, average="macro"),
+            "acc": MulticlassAccuracy(num_classes, average="micro", **checks),
+            "f1": MulticlassF1Score(num_classes, average="macro", **checks),
+            "precision": MulticlassPrecision(num_classes, average="macro", **checks),
+            "recall": MulticlassRecall(num_classes, average="macro", **checks),
         })
         self.train_metrics = metrics.clone(prefix="train_")
         self.val_metrics = metrics.clone(prefix="val_")
