@@ -35,3 +35,28 @@ def test_import_rejects_a_folder_without_classes(tmp_path, capsys):
     (tmp_path / "only").mkdir()
     assert main(["import", "image-folder", str(tmp_path)]) == 1
     assert "at least two classes" in capsys.readouterr().err
+
+
+def test_resume_is_refused_while_the_run_is_alive_or_completed(tmp_path):
+    import os
+    import socket
+
+    import pytest
+    from omegaconf import OmegaConf
+
+    from aistudio import AistudioError
+    from aistudio.cli.train import resume_checkpoint
+
+    run_dir = tmp_path / "run"
+    (run_dir / "checkpoints").mkdir(parents=True)
+    (run_dir / "checkpoints" / "last.ckpt").write_bytes(b"x")
+    cfg = OmegaConf.create({"resume": str(run_dir)})
+    record = {"status": "running", "pid": os.getpid(), "host": socket.gethostname()}
+    (run_dir / "run.json").write_text(json.dumps(record))
+    with pytest.raises(AistudioError, match="still going"):
+        resume_checkpoint(cfg, run_dir)
+    (run_dir / "run.json").write_text(json.dumps({**record, "pid": 2**22 + 7}))  # a pid that is not running
+    assert resume_checkpoint(cfg, run_dir) == run_dir / "checkpoints" / "last.ckpt"
+    (run_dir / "run.json").write_text(json.dumps({**record, "status": "completed"}))
+    with pytest.raises(AistudioError, match="already completed"):
+        resume_checkpoint(cfg, run_dir)

@@ -15,9 +15,9 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from aistudio import AistudioError, user_error
-from aistudio.runs.atomic import atomic_write_json
+from aistudio.runs.atomic import atomic_write_json, read_json
 from aistudio.runs.rank import global_rank
-from aistudio.runs.record import RunRecord, read_json
+from aistudio.runs.record import RunRecord, process_alive
 
 log = logging.getLogger("aistudio.train")
 
@@ -70,6 +70,9 @@ def resume_checkpoint(cfg: DictConfig, run_dir: Path) -> Path | None:
     if previous is None:
         raise AistudioError(f"resume={cfg.resume}: not a run directory (no run.json there) — pass a run's "
                             "directory or its checkpoints/last.ckpt")
+    if previous.get("status") in ("pending", "running") and process_alive(previous.get("host"), previous.get("pid")):
+        raise AistudioError(f"resume={cfg.resume}: that run is still going (pid {previous.get('pid')} on "
+                            f"{previous.get('host')}) — wait for it or stop it first")
     if previous.get("status") == "completed":
         raise AistudioError(f"resume={cfg.resume}: that run already completed. To train further, start a "
                             f"new run from its weights: model.weights={run_dir}/checkpoints/best.ckpt")

@@ -162,6 +162,19 @@ def describe_error(error: BaseException) -> dict[str, Any]:
     }
 
 
+def process_alive(host: str | None, pid: int | None) -> bool:
+    """Whether ``pid`` still runs on this host (False for another host: it cannot be checked from here)."""
+    if not pid or host != socket.gethostname():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
 def load_run(run_dir: str | Path) -> dict[str, Any]:
     """Read run.json of a run directory (raises FileNotFoundError when there is none)."""
     data = read_json(Path(run_dir) / RUN_FILE)
