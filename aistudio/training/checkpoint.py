@@ -46,7 +46,8 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             error, self._error = self._error, None
             raise error
         if self._executor is None:
-            self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="checkpoint-writer")
+            self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="checkpoint-writer",
+                                                initializer=_lowest_cpu_priority)
 
         def run() -> None:
             try:
@@ -79,6 +80,17 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         if self._error is not None:
             error, self._error = self._error, None
             raise error
+
+
+def _lowest_cpu_priority() -> None:
+    """Run the writer thread at nice 19 (Linux schedules threads individually): training keeps the cores,
+    the write fills idle moments (data waits, validation, epoch ends)."""
+    import threading
+
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
+    except (AttributeError, OSError):  # not Linux, or not permitted: plain priority is fine
+        pass
 
 
 def replace_with_link(source: str | Path, target: str | Path) -> None:
