@@ -203,3 +203,13 @@ def test_interrupted_run_resumes_from_last_checkpoint_in_the_same_directory(tmp_
     refused = run_train([*args, f"resume={run_dir}"], tmp_path)
     assert refused.returncode == 1 and "already completed" in refused.stderr
     assert json.loads((run_dir / "run.json").read_text())["status"] == "completed"
+
+
+def test_a_failing_sweep_job_is_recorded_and_the_others_still_run(tmp_path, color_project):
+    sweep = tmp_path / "sweep"
+    result = run_train(["-m", "data=project", f"data.project={color_project}", *FAST_TRAIN, "trainer.max_epochs=1",
+                        "optimizer.lr=-1,0.01", f"hydra.sweep.dir={sweep}"], tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    failed, completed = (json.loads((sweep / job / "run.json").read_text()) for job in ("0", "1"))
+    assert failed["status"] == "failed" and "Invalid learning rate" in failed["error"]["message"]
+    assert completed["status"] == "completed"
