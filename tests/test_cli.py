@@ -60,3 +60,18 @@ def test_resume_is_refused_while_the_run_is_alive_or_completed(tmp_path):
     (run_dir / "run.json").write_text(json.dumps({**record, "status": "completed"}))
     with pytest.raises(AistudioError, match="already completed"):
         resume_checkpoint(cfg, run_dir)
+
+
+def test_import_voc_and_masks_commands(tmp_path, capsys):
+    from tests.test_importers import make_mask_pairs, make_voc
+
+    voc = make_voc(tmp_path / "voc")
+    assert main(["import", "voc", str(voc)]) == 0
+    assert main(["validate", str(voc), "--task", "detection"]) == 0
+    out = capsys.readouterr().out
+    assert "warning: images[0] (JPEGImages/a.jpg) objects[1]: degenerate box" in out and "1 warning(s)" in out
+    images, labels = make_mask_pairs(tmp_path / "seg")
+    assert main(["import", "masks", str(images), str(labels), "--classes", "bg,blob", "--values", "0,255",
+                 "--instances"]) == 0
+    assert main(["validate", str(tmp_path / "seg"), "--task", "instance_segmentation"]) == 0
+    assert "2 classes, 8 images" in capsys.readouterr().out

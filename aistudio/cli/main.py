@@ -17,14 +17,49 @@ def _import_image_folder(args: argparse.Namespace) -> None:
     print(f"wrote {path}\ntrain with: python train.py data=project data.project={path.parent}")
 
 
+def _import_voc(args: argparse.Namespace) -> None:
+    from aistudio.data.importers import import_voc
+
+    path = import_voc(args.root, args.out, val_fraction=args.val, test_fraction=args.test, seed=args.seed)
+    print(f"wrote {path}\nvalidate with: aistudio validate {path.parent} --task detection")
+
+
+def _import_coco(args: argparse.Namespace) -> None:
+    from aistudio.data.importers import import_coco
+
+    pairs = dict(item.split("=", 1) if "=" in item else ("all", item) for item in args.annotations)
+    path = import_coco(pairs, args.images, args.out, val_fraction=args.val, test_fraction=args.test, seed=args.seed)
+    print(f"wrote {path}\nvalidate with: aistudio validate {path.parent} --task detection")
+
+
+def _import_masks(args: argparse.Namespace) -> None:
+    from aistudio.data.importers import import_mask_folder
+
+    path = import_mask_folder(
+        args.images, args.masks, args.out,
+        classes=args.classes.split(",") if args.classes else None,
+        mask_values=[int(v) for v in args.values.split(",")] if args.values else None,
+        ignore_index=args.ignore_index, instances=args.instances,
+        val_fraction=args.val, test_fraction=args.test, seed=args.seed)
+    print(f"wrote {path}\nvalidate with: aistudio validate {path.parent} --task semantic_segmentation")
+
+
+def _split_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--val", type=float, default=0.15, help="validation fraction when splitting (0.15)")
+    parser.add_argument("--test", type=float, default=0.15, help="test fraction when splitting (0.15)")
+    parser.add_argument("--seed", type=int, default=0)
+
+
 def _validate(args: argparse.Namespace) -> None:
     from aistudio.data.project import load_project
 
     project = load_project(args.project, task=args.task, split_index=args.split_index,
                            check_images=args.check_images)
     counts = {s: len(project.split(s)) for s in ("train", "val", "test")}
+    for warning in project.warnings:
+        print(f"warning: {warning}")
     print(f"{args.project}: OK — {project.num_classes} classes, {len(project.images)} images, "
-          f"split {args.split_index}: {counts}")
+          f"split {args.split_index}: {counts}" + (f", {len(project.warnings)} warning(s)" if project.warnings else ""))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -33,14 +68,37 @@ def build_parser() -> argparse.ArgumentParser:
 
     importer = commands.add_parser("import", help="turn a folder layout into a dataset.json project")
     kinds = importer.add_subparsers(dest="kind", required=True)
-    folder = kinds.add_parser("image-folder", help="one sub-folder per class")
+    folder = kinds.add_parser("image-folder", help="one sub-folder per class (classification)")
     folder.add_argument("source", help="folder with one sub-folder of images per class")
     folder.add_argument("--out", help="where dataset.json goes (default: the source folder)")
-    folder.add_argument("--val", type=float, default=0.15, help="validation fraction (default 0.15)")
-    folder.add_argument("--test", type=float, default=0.15, help="test fraction (default 0.15)")
     folder.add_argument("--folds", type=int, default=0, help="also add k-fold split schemes (k >= 2)")
-    folder.add_argument("--seed", type=int, default=0)
+    _split_options(folder)
     folder.set_defaults(func=_import_image_folder)
+
+    voc = kinds.add_parser("voc", help="Pascal VOC: Annotations/*.xml + JPEGImages (+ ImageSets/Main splits)")
+    voc.add_argument("root", help="the folder holding Annotations/ and JPEGImages/")
+    voc.add_argument("--out", help="where dataset.json goes (default: root)")
+    _split_options(voc)
+    voc.set_defaults(func=_import_voc)
+
+    coco = kinds.add_parser("coco", help="COCO JSON (boxes, polygons, RLE)")
+    coco.add_argument("annotations", nargs="+", help="train=a.json val=b.json [test=c.json], or one file to split")
+    coco.add_argument("--images", required=True, help="folder the COCO file_name entries are relative to")
+    coco.add_argument("--out", required=True, help="where dataset.json goes")
+    _split_options(coco)
+    coco.set_defaults(func=_import_coco)
+
+    masks = kinds.add_parser("masks", help="images + label images with the same file stem (segmentation)")
+    masks.add_argument("images", help="folder of images")
+    masks.add_argument("masks", help="folder of label images (one class value per pixel)")
+    masks.add_argument("--out", help="where dataset.json goes (default: the images folder's parent)")
+    masks.add_argument("--classes", help="class names, comma-separated, in the order of --values")
+    masks.add_argument("--values", help="pixel value of each class, comma-separated (default: values found)")
+    masks.add_argument("--ignore-index", type=int, default=255, help="pixel value to ignore (default 255)")
+    masks.add_argument("--instances", action="store_true",
+                       help="also write connected components of non-background classes as objects")
+    _split_options(masks)
+    masks.set_defaults(func=_import_masks)
 
     validate = commands.add_parser("validate", help="check a dataset.json project and report every problem")
     validate.add_argument("project", help="project folder (or its dataset.json)")

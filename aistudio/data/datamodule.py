@@ -70,6 +70,11 @@ class ProjectDataModule(pl.LightningDataModule):
         """Validated once, before any model is built (all problems raised together)."""
         project = load_project(self.project_path, task=self.task, split_index=self.split_index,
                                check_images=self.check_images)
+        for warning in project.warnings[:20]:
+            log.warning("%s", warning)
+        if project.warnings:
+            log.warning("dataset %s: %d annotation(s) repaired or dropped (listed above, first 20)",
+                        self.project_path, len(project.warnings))
         sizes = {s: len(project.split(s)) for s in ("train", "val", "test")}
         log.info("dataset %s: %d classes, split %d -> train %d / val %d / test %d", self.project_path,
                  project.num_classes, self.split_index, sizes["train"], sizes["val"], sizes["test"])

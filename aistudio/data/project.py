@@ -10,9 +10,14 @@ A project is a folder holding ``dataset.json``::
         {"file": "images/cat/001.jpg",                 # relative to the folder (or absolute)
          "width": 640, "height": 480,                  # optional; checked against the file
          "label": "cat",                               # classification: class name (or index)
+         "objects": [{"class": "cat", "bbox": [x, y, w, h],       # detection (COCO boxes, pixels)
+                      "segmentation": [[x1, y1, ...]] or RLE}],   # + instance segmentation
+         "mask": "masks/001.png",                      # semantic segmentation: class index per pixel
          "split": ["train", "val"]},                   # one of train/val/test per split scheme
         ...
-      ]
+      ],
+      "ignore_index": 255,                             # semantic masks: pixels to ignore (default 255)
+      "mask_values": [0, 255]                          # optional: pixel value of each class, in order
     }
 
 ``data.split_index`` picks the split column. Every problem found is collected and raised together
@@ -25,14 +30,16 @@ import json
 import os
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from aistudio import AistudioError
+from aistudio.data.annotations import ObjectRecord, fit_to_image, parse_objects
 
 DATASET_FILE = "dataset.json"
 SPLITS = ("train", "val", "test")
+TASKS = ("classification", "detection", "instance_segmentation", "semantic_segmentation")
 _EXAMPLES_PER_KIND = 5
 
 
@@ -64,17 +71,22 @@ class ImageRecord:
     width: int | None = None
     height: int | None = None
     entry: str = ""  # the 'file' value as written in dataset.json, for messages
+    objects: tuple[ObjectRecord, ...] = ()
+    mask: Path | None = None
 
 
 @dataclass
 class Project:
-    """A validated dataset.json project."""
+    """A validated dataset.json project; ``warnings`` lists what was repaired (e.g. dropped boxes)."""
 
     root: Path
     classes: list[str]
     images: list[ImageRecord]
     split_index: int
     split_schemes: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    ignore_index: int = 255
+    mask_values: list[int] | None = None
 
     @property
     def num_classes(self) -> int:
@@ -126,6 +138,8 @@ class _Validator:
     def __init__(self, json_path: Path, raw: Any, task: str, split_index: int, check_images: str):
         if check_images not in ("header", "full", "none"):
             raise AistudioError(f"data.check_images={check_images!r} — use header, full or none")
+        if task not in TASKS:
+            raise AistudioError(f"task {task!r} is not one of {', '.join(TASKS)}")
         self.json_path = json_path
         self.root = json_path.parent
         self.raw = raw
@@ -133,9 +147,13 @@ class _Validator:
         self.split_index = split_index
         self.check_images = check_images
         self.problems: list[str] = []
+        self.warnings: list[str] = []
 
     def fail(self, message: str) -> None:
         self.problems.append(message)
+
+    def warn(self, message: str) -> None:
+        self.warnings.append(message)
 
     def run(self) -> Project:
         raw = self.raw
@@ -147,7 +165,7 @@ class _Validator:
             self.fail("'images' must be a non-empty list of image entries")
             images = []
         records = [r for i, entry in enumerate(images) if (r := self._image(i, entry, classes)) is not None]
-        self._check_files(records)
+        records = self._check_files(records)
         if records and not self.problems:
             counts = Counter(r.split for r in records)
             for split in ("train", "val"):
@@ -157,7 +175,8 @@ class _Validator:
         if self.problems:
             raise DatasetError(self.json_path, self.problems)
         schemes = raw.get("split_schemes") or []
-        return Project(self.root, classes, records, self.split_index, list(schemes))
+        return Project(self.root, classes, records, self.split_index, list(schemes), self.warnings,
+                       int(raw.get("ignore_index", 255)), raw.get("mask_values"))
 
     def _classes(self, classes: Any) -> list[str]:
         if not isinstance(classes, list) or not classes:
@@ -182,10 +201,19 @@ class _Validator:
         ok = True
         split = self._split(where, entry.get("split"))
         ok &= split is not None
-        label = None
+        label, objects, mask = None, None, None
         if self.task == "classification":
             label = self._label(where, entry.get("label"), classes)
             ok &= label is not None
+        elif self.task in ("detection", "instance_segmentation"):
+            objects = parse_objects(where, entry.get("objects"), classes,
+                                    self.task == "instance_segmentation", self.fail)
+            ok &= objects is not None
+        else:
+            mask = entry.get("mask")
+            if not isinstance(mask, str) or not mask:
+                self.fail(f"{where}: 'mask' (the label image path, class index per pixel) is missing")
+                ok = False
         width, height = entry.get("width"), entry.get("height")
         for key, value in (("width", width), ("height", height)):
             if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value <= 0):
@@ -193,8 +221,11 @@ class _Validator:
                 ok = False
         if not ok:
             return None
-        path = Path(file) if os.path.isabs(file) else self.root / file
-        return ImageRecord(index, path, split, label, width, height, entry=file)
+        return ImageRecord(index, self._path(file), split, label, width, height, entry=file,
+                           objects=tuple(objects or ()), mask=self._path(mask) if mask else None)
+
+    def _path(self, file: str) -> Path:
+        return Path(file) if os.path.isabs(file) else self.root / file
 
     def _split(self, where: str, split: Any) -> str | None:
         if isinstance(split, str):
@@ -228,35 +259,67 @@ class _Validator:
                   "fix the label or add it to 'classes'")
         return None
 
-    def _check_files(self, records: list[ImageRecord]) -> None:
+    def _check_files(self, records: list[ImageRecord]) -> list[ImageRecord]:
+        """Check image (and mask) files in parallel, then fit boxes to the real image size."""
         if not records:
-            return
+            return records
         workers = min(16, (os.cpu_count() or 1) * 4)
         with ThreadPoolExecutor(max_workers=workers) as pool:
             results = list(pool.map(self._check_file, records))
-        for record, problem in zip(records, results):
+        checked = []
+        for record, (problem, size) in zip(records, results):
+            where = f"images[{record.index}] ({record.entry})"
             if problem:
-                self.fail(f"images[{record.index}] ({record.entry}): {problem}")
+                self.fail(f"{where}: {problem}")
+                continue
+            size = size or ((record.width, record.height) if record.width and record.height else None)
+            if record.objects and size:
+                record = replace(record, objects=tuple(fit_to_image(where, list(record.objects), size[0], size[1],
+                                                                    self.fail, self.warn)))
+            checked.append(record)
+        return checked
 
-    def _check_file(self, record: ImageRecord) -> str | None:
+    def _check_file(self, record: ImageRecord) -> tuple[str | None, tuple[int, int] | None]:
         if not record.file.is_file():
             return (f"image file not found at {record.file} — fix 'file' (paths are relative to the dataset "
-                    "folder) or remove the entry")
+                    "folder) or remove the entry"), None
         if self.check_images == "none":
-            return None
-        from PIL import Image, UnidentifiedImageError
-
+            return None, None
         try:
-            with Image.open(record.file) as image:
-                size = image.size
-                if self.check_images == "full":
-                    image.load()
-        except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
-            return f"unreadable image ({type(err).__name__}: {err}) — replace the file or remove the entry"
+            size = _image_size(record.file, self.check_images == "full")
+        except _Unreadable as err:
+            return f"unreadable image ({err}) — replace the file or remove the entry", None
         if (record.width, record.height) != (None, None) and (record.width, record.height) != size:
             return (f"declared size {record.width}x{record.height} but the file is {size[0]}x{size[1]} — "
-                    "fix 'width'/'height'")
-        return None
+                    "fix 'width'/'height'"), None
+        if record.mask is not None:
+            if not record.mask.is_file():
+                return f"mask file not found at {record.mask} — fix 'mask' or remove the entry", None
+            try:
+                mask_size = _image_size(record.mask, self.check_images == "full")
+            except _Unreadable as err:
+                return f"unreadable mask {record.mask.name} ({err}) — replace it or remove the entry", None
+            if mask_size != size:
+                return (f"mask {record.mask.name} is {mask_size[0]}x{mask_size[1]} but the image is "
+                        f"{size[0]}x{size[1]} — masks must have their image's size"), None
+        return None, size
+
+
+class _Unreadable(Exception):
+    pass
+
+
+def _image_size(path: Path, decode: bool) -> tuple[int, int]:
+    """(width, height) from the header; ``decode`` also decodes the pixels (catches truncated files)."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as image:
+            if decode:
+                image.load()
+            return image.size
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
+        raise _Unreadable(f"{type(err).__name__}: {err}") from None
 
 
 def write_project(root: str | Path, classes: list[str], images: list[dict[str, Any]],

@@ -1,0 +1,40 @@
+"""What the importers share: relative paths, random splits for sets without one, progress."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import TypeVar
+
+from aistudio.data.splits import stratified_holdout
+
+log = logging.getLogger("aistudio.import")
+T = TypeVar("T")
+
+
+def relative(path: Path, out_dir: Path) -> str:
+    return os.path.relpath(path, out_dir)
+
+
+def holdout_by_first_class(objects_per_image: list[list[str]], val_fraction: float, test_fraction: float,
+                           seed: int) -> list[str]:
+    """A hold-out split stratified by each image's first object class (images without objects: 'none')."""
+    keys = [names[0] if names else "none" for names in objects_per_image]
+    return stratified_holdout(keys, val_fraction, test_fraction, seed)
+
+
+def progress(items: Iterable[T], total: int, what: str) -> Iterator[T]:
+    """A progress bar on a terminal; otherwise a log line every 10%, for large imports."""
+    if sys.stderr.isatty():
+        from rich.progress import track
+
+        yield from track(items, total=total, description=what, transient=True)
+        return
+    step = max(1, total // 10)
+    for done, item in enumerate(items, start=1):
+        yield item
+        if done % step == 0 or done == total:
+            log.info("%s: %d/%d", what, done, total)
