@@ -30,7 +30,7 @@ def default_num_workers() -> int:
 class ProjectDataModule(pl.LightningDataModule):
     """Loads and validates the project once, then serves train/val/test loaders for ``split_index``.
 
-    ``dataset`` builds the task dataset (``records, transform, channels``) and ``collate_fn`` batches
+    ``dataset`` builds the task dataset (``records, transform, channels, project=``) and ``collate_fn`` batches
     it; both come from the task config so detection/segmentation reuse this class unchanged.
     ``image_size``, ``mean`` and ``std`` are recorded for the augmentation pipelines and for export.
     """
@@ -96,7 +96,7 @@ class ProjectDataModule(pl.LightningDataModule):
         for split, transform in transforms.items():
             if split not in self._datasets:
                 self._datasets[split] = self.dataset_factory(self.project.split(split), transform,
-                                                             self.channels)
+                                                             self.channels, project=self.project)
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         import torch

@@ -9,14 +9,14 @@ import torch
 from torch.utils.data import Dataset
 
 from aistudio.data.images import read_image
-from aistudio.data.project import ImageRecord
+from aistudio.data.project import ImageRecord, Project
 
 
 class ClassificationDataset(Dataset):
     """(image tensor CxHxW float, class index) pairs; ``transform`` is an albumentations pipeline."""
 
     def __init__(self, records: Sequence[ImageRecord], transform: Callable[..., Any] | None = None,
-                 channels: int = 3):
+                 channels: int = 3, project: Project | None = None):
         self.records = list(records)
         self.transform = transform
         self.channels = channels
