@@ -153,14 +153,17 @@ def _fit_and_test(cfg: DictConfig, config: dict[str, Any], run_dir: Path, record
     pl.seed_everything(int(cfg.seed), workers=True, verbose=False)
     datamodule = instantiate(cfg.data)
     project = datamodule.project  # validates the whole dataset before anything is built
+    extra = {}
+    if "class_weights" in config["task"]["module"]:  # tasks whose loss takes per-class weights
+        extra["class_weights"] = _class_weights(config["task"]["module"]["class_weights"],
+                                                project.class_counts("train"))
     module = instantiate(
         cfg.task.module,
         model=_model_config(config, project.num_classes),
         optimizer=config["optimizer"],
         scheduler=config["scheduler"],
         class_names=project.classes,
-        class_weights=_class_weights(config["task"]["module"].get("class_weights"), project.class_counts("train")),
-        _recursive_=False, _convert_="all",
+        _recursive_=False, _convert_="all", **extra,
     )
     monitor, mode = config["task"]["monitor"], config["task"]["mode"]
     ties = bool(OmegaConf.select(cfg, "callbacks.model_checkpoint.save_on_tie", default=True))

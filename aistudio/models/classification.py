@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import difflib
 from typing import Any
 
 from aistudio import AistudioError
+from aistudio.models.names import check_name_and_classes
 from aistudio.models.weights import is_weights_file, load_weights_file, resolve_torchvision_weights
 
 
@@ -25,15 +25,7 @@ def build_classifier(name: str, num_classes: int | None, weights: str | None = N
     """
     import torchvision.models as models
 
-    names = available_classifiers()
-    if name not in names:
-        close = difflib.get_close_matches(name, names, n=5, cutoff=0.5)
-        hint = f" Did you mean: {', '.join(close)}?" if close else ""
-        raise AistudioError(f"model.name={name!r} is not a torchvision classification model.{hint} "
-                            f"({len(names)} are available; see torchvision.models.list_models())")
-    if num_classes is None or int(num_classes) < 1:
-        raise AistudioError("model.num_classes is not set — it is taken from the dataset's classes")
-    num_classes = int(num_classes)
+    num_classes = check_name_and_classes(name, available_classifiers(), "classification", num_classes)
     if weights and not is_weights_file(weights):
         enum = resolve_torchvision_weights(name, str(weights))
         model = models.get_model(name, weights=enum, **kwargs)

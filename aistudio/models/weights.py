@@ -60,12 +60,17 @@ def load_weights_file(model: Any, path: str | Path) -> None:
         raise AistudioError(f"model.weights={str(path)!r}: no state dict found in the file")
     if any(k.startswith("model.") for k in state):  # saved from our LightningModule
         state = {k[len("model."):]: v for k, v in state.items() if k.startswith("model.")}
+    load_state_dict_into(model, state, source=str(path))
+
+
+def load_state_dict_into(model: Any, state: dict[str, Any], source: str) -> None:
+    """Load the tensors that fit (name and shape); the rest (e.g. a head for other classes) stay at init."""
     own = model.state_dict()
     usable = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
     skipped = sorted(set(state) - set(usable))
     missing = sorted(set(own) - set(usable))
     if not usable:
-        raise AistudioError(f"model.weights={str(path)!r}: none of its tensors fit this model — wrong architecture?")
+        raise AistudioError(f"model.weights={source!r}: none of its tensors fit this model — wrong architecture?")
     model.load_state_dict(usable, strict=False)
     log.info("loaded %d tensors from %s (%d skipped: shape/name mismatch, %d left at init)",
-             len(usable), path, len(skipped), len(missing))
+             len(usable), source, len(skipped), len(missing))

@@ -12,6 +12,7 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 from hydra.utils import instantiate
+from torchmetrics import MetricCollection
 
 from aistudio import AistudioError
 from aistudio.training.schedulers import build_scheduler
@@ -97,3 +98,52 @@ class TaskModule(pl.LightningModule):
         if scheduler_cfg.get("monitor"):
             config["monitor"] = scheduler_cfg["monitor"]
         return {"optimizer": optimizer, "lr_scheduler": config}
+
+
+class MetricCollectionTask(TaskModule):
+    """A task scored by one torchmetrics MetricCollection per stage (classification, segmentation).
+
+    Metrics are updated every batch and computed + logged once per epoch: logging Metric objects every
+    step costs Lightning about a millisecond per metric per step. Train metrics are logged at the last
+    batch, not in ``on_train_epoch_end``, because callbacks' epoch-end hooks (the run directory's
+    metrics.json writer) run before the module's.
+    """
+
+    def init_metrics(self, metrics: MetricCollection) -> None:
+        self.train_metrics = metrics.clone(prefix="train_")
+        self.val_metrics = metrics.clone(prefix="val_")
+        self.test_metrics = metrics.clone(prefix="test_")
+
+    def step_outputs(self, batch: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(loss, predictions for the metrics, targets) of one batch."""
+        raise NotImplementedError
+
+    def _shared_step(self, batch: Any, stage: str, metrics: MetricCollection) -> torch.Tensor:
+        loss, predictions, targets = self.step_outputs(batch)
+        metrics.update(predictions, targets)
+        self.log(f"{stage}_loss", loss, on_step=stage == "train", on_epoch=True, prog_bar=True,
+                 batch_size=len(targets))
+        return loss
+
+    def _log_epoch_metrics(self, metrics: MetricCollection) -> None:
+        self.log_dict(metrics.compute(), on_step=False, on_epoch=True, prog_bar=metrics is not self.train_metrics)
+        metrics.reset()
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        return self._shared_step(batch, "train", self.train_metrics)
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        if self.trainer.is_last_batch:
+            self._log_epoch_metrics(self.train_metrics)
+
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        self._shared_step(batch, "val", self.val_metrics)
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_epoch_metrics(self.val_metrics)
+
+    def test_step(self, batch: Any, batch_idx: int) -> None:
+        self._shared_step(batch, "test", self.test_metrics)
+
+    def on_test_epoch_end(self) -> None:
+        self._log_epoch_metrics(self.test_metrics)

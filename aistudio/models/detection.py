@@ -1,0 +1,75 @@
+"""torchvision detectors (and Mask R-CNN) by name, with the background class and the weights policy.
+
+torchvision counts the background as class 0, so a dataset with K classes builds a K+1-way head;
+labels in targets are 1..K. Builders default ``weights_backbone`` to ImageNet weights (a download):
+here it is always passed explicitly (null unless asked for), so nothing is fetched at run time.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+from aistudio import AistudioError
+from aistudio.models.names import check_name_and_classes
+from aistudio.models.weights import (
+    is_weights_file,
+    load_state_dict_into,
+    load_weights_file,
+    resolve_torchvision_weights,
+)
+
+
+def available_detectors() -> list[str]:
+    import torchvision.models as models
+
+    return models.list_models(module=models.detection)
+
+
+def _backbone_weights(name: str, weights_backbone: str) -> Any:
+    """``DEFAULT`` / ``IMAGENET1K_V1`` (of the builder's own backbone family) or a full enum name."""
+    import torchvision.models as models
+
+    if "." in weights_backbone:
+        family = weights_backbone.split(".")[0]
+    else:
+        default = inspect.signature(models.get_model_builder(name)).parameters["weights_backbone"].default
+        if default is None:
+            raise AistudioError(f"model.weights_backbone={weights_backbone!r}: {name} names no backbone weights "
+                                "family; give the full name, e.g. ResNet50_Weights.IMAGENET1K_V2")
+        family = type(default).__name__
+    backbone = {"MobileNet_V3_Large_Weights": "mobilenet_v3_large", "ResNet50_Weights": "resnet50",
+                "VGG16_Weights": "vgg16"}.get(family)
+    if backbone is None:
+        raise AistudioError(f"model.weights_backbone={weights_backbone!r}: unknown backbone weights family {family}")
+    short = weights_backbone.split(".")[-1]
+    return resolve_torchvision_weights(backbone, short)
+
+
+def build_detector(name: str, num_classes: int | None, weights: str | None = None,
+                   weights_backbone: str | None = None, in_channels: int = 3, min_size: int | None = None,
+                   max_size: int | None = None, **kwargs: Any) -> Any:
+    """Build ``name`` with ``num_classes`` object classes (+ background).
+
+    ``weights``: null, a torchvision name (COCO weights from the local hub cache; heads that do not fit
+    the class count are re-initialised) or a local file. ``min_size``/``max_size``: the model's internal
+    resize (torchvision's 800/1333 default makes small images 5-10x slower).
+    """
+    import torchvision.models as models
+
+    num_classes = check_name_and_classes(name, available_detectors(), "detection", num_classes)
+    if in_channels != 3:
+        raise AistudioError("detection models take RGB input: set data.channels=3")
+    if min_size is not None:
+        kwargs["min_size"] = int(min_size)
+    if max_size is not None:
+        kwargs["max_size"] = int(max_size)
+    backbone = _backbone_weights(name, str(weights_backbone)) if weights_backbone else None
+    model = models.get_model(name, weights=None, weights_backbone=backbone, num_classes=num_classes + 1,
+                             **kwargs)
+    if weights and not is_weights_file(weights):
+        enum = resolve_torchvision_weights(name, str(weights))
+        load_state_dict_into(model, enum.get_state_dict(progress=False), source=f"{name} {weights}")
+    elif weights:
+        load_weights_file(model, weights)
+    return model

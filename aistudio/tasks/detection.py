@@ -1,0 +1,111 @@
+"""Object detection and instance segmentation on torchvision detectors.
+
+Training uses the model's own loss dict (each term logged); validation and test run predictions
+through torchmetrics' MeanAveragePrecision (faster_coco_eval backend): ``{stage}_map``, ``_map_50``,
+``_map_75``, ``_mar_100``, per-class ``{stage}_ap_<class>``, and for masks the same with ``segm_``.
+There is no validation loss (torchvision detectors return predictions in eval mode), which is why
+the monitored metric lives in the task config (``val_map``).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from typing import Any
+
+import numpy as np
+import torch
+from torchmetrics.detection import MeanAveragePrecision
+
+from aistudio.tasks.base import TaskModule
+
+logging.getLogger("faster_coco_eval").setLevel(logging.WARNING)  # it prints the COCO table at INFO
+
+# exactly pycocotools' Params: np.linspace(.5, .95, 10) and np.linspace(.0, 1.00, 101)
+COCO_IOU_THRESHOLDS = np.linspace(0.5, 0.95, 10).tolist()
+COCO_RECALL_THRESHOLDS = np.linspace(0.0, 1.0, 101).tolist()
+
+
+def _metric_name(name: str) -> str:
+    return re.sub(r"[^0-9A-Za-z]+", "_", name).strip("_").lower()
+
+
+class DetectionModule(TaskModule):
+    """``iou_types``: ``[bbox]`` for detection, ``[bbox, segm]`` for instance segmentation."""
+
+    def __init__(self, model: dict[str, Any], optimizer: dict[str, Any], scheduler: dict[str, Any] | None = None,
+                 class_names: list[str] | None = None, freeze_backbone_epochs: int = 0,
+                 backbone_lr_scale: float = 1.0, iou_types: list[str] | tuple[str, ...] = ("bbox",),
+                 mask_threshold: float = 0.5):
+        super().__init__(model, optimizer, scheduler, class_names, freeze_backbone_epochs, backbone_lr_scale)
+        self.iou_types = tuple(iou_types)
+        self.mask_threshold = mask_threshold
+        self.val_map = self._map()
+        self.test_map = self._map()
+
+    def _map(self) -> MeanAveragePrecision:
+        # COCO's own thresholds in float64: torchmetrics' defaults are float32 (0.550000012, 0.699999988...),
+        # which moves recall points that fall exactly on a threshold and makes mAP differ from COCOeval
+        return MeanAveragePrecision(box_format="xyxy", iou_type=self.iou_types, class_metrics=True,
+                                    backend="faster_coco_eval", iou_thresholds=COCO_IOU_THRESHOLDS,
+                                    rec_thresholds=COCO_RECALL_THRESHOLDS)
+
+    def head_parameter_names(self) -> set[str]:
+        """Everything but the backbone (RPN, ROI/box/mask heads, FPN extras are trained from the start)."""
+        return {n for n, _ in self.model.named_parameters() if not n.startswith("backbone.body.")
+                and not n.startswith("backbone.features.")}
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        images, targets = batch
+        losses = self.model(images, targets)
+        loss = sum(losses.values())
+        size = len(images)
+        self.log("train_loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=size)
+        for name, value in losses.items():
+            self.log(f"train_{name}", value, on_step=False, on_epoch=True, batch_size=size)
+        return loss
+
+    def _predictions(self, images: list[torch.Tensor]) -> list[dict[str, torch.Tensor]]:
+        predictions = self.model(images)
+        if "segm" in self.iou_types:
+            for prediction in predictions:  # (N, 1, H, W) probabilities -> (N, H, W) boolean masks
+                prediction["masks"] = prediction["masks"].squeeze(1) > self.mask_threshold
+        return predictions
+
+    @staticmethod
+    def _targets(targets: list[dict[str, torch.Tensor]]) -> list[dict[str, torch.Tensor]]:
+        return [{**t, "masks": t["masks"].bool()} if "masks" in t else t for t in targets]
+
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        images, targets = batch
+        self.val_map.update(self._predictions(images), self._targets(targets))
+
+    def test_step(self, batch: Any, batch_idx: int) -> None:
+        images, targets = batch
+        self.test_map.update(self._predictions(images), self._targets(targets))
+
+    def _log_map(self, metric: MeanAveragePrecision, stage: str) -> None:
+        result = metric.compute()
+        metric.reset()
+        several = len(self.iou_types) > 1  # torchmetrics then prefixes every key with the iou type
+        for iou_type in self.iou_types:
+            prefix = "segm_" if iou_type == "segm" else ""
+            source = f"{iou_type}_" if several else ""
+            for name in ("map", "map_50", "map_75", "map_small", "map_medium", "map_large", "mar_1", "mar_10",
+                         "mar_100"):
+                self.log(f"{stage}_{prefix}{name}", result[f"{source}{name}"].float(), prog_bar=name == "map")
+            per_class = result[f"{source}map_per_class"].flatten()
+            present = result["classes"].flatten().tolist()
+            for value, label in zip(per_class.tolist(), present):
+                if 1 <= label <= len(self.class_names):
+                    self.log(f"{stage}_{prefix}ap_{_metric_name(self.class_names[label - 1])}", float(value))
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_map(self.val_map, "val")
+
+    def on_test_epoch_end(self) -> None:
+        self._log_map(self.test_map, "test")
+
+    def predict_step(self, batch: Any, batch_idx: int) -> list[dict[str, torch.Tensor]]:
+        images = batch[0] if isinstance(batch, (tuple, list)) and isinstance(batch[0], list) else batch
+        return self._predictions(images)
