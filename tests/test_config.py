@@ -218,3 +218,23 @@ def test_unknown_choice_lists_valid_options():
                             text=True, timeout=60)
     assert result.returncode != 0
     assert "Could not find 'model/resnet999'" in result.stderr and "resnet18" in result.stderr
+
+
+@pytest.mark.parametrize(("name", "task", "model"), [
+    ("bccd", "detection", "fasterrcnn_mobilenet_v3_large_320_fpn"),
+    ("membrane", "semantic_segmentation", None),
+    ("shapes_segmentation", "semantic_segmentation", "lraspp_mobilenet_v3_large"),
+    ("shapes_detection", "detection", "ssdlite320_mobilenet_v3_large"),
+])
+def test_task_recipes_compose(compose_cfg, name, task, model):
+    cfg = compose_cfg(f"experiment={name}")
+    assert cfg.task.name == task and (model is None or cfg.model.name == model)
+    assert cfg.optimizer._target_.startswith("torch.optim.")
+
+
+def test_a_task_picks_its_defaults_and_the_command_line_still_wins(compose_cfg):
+    cfg = compose_cfg("task=detection")
+    assert cfg.model.name == "fasterrcnn_mobilenet_v3_large_320_fpn" and cfg.data.project.task == "detection"
+    assert list(cfg.augmentation.train.bbox_params.label_fields) == ["labels", "ids"]
+    cfg = compose_cfg("task=detection", "model=retinanet_resnet50_fpn_v2")
+    assert cfg.model.name == "retinanet_resnet50_fpn_v2"
