@@ -17,6 +17,19 @@ from aistudio.data.splits import stratified_holdout, stratified_kfold
 log = logging.getLogger(__name__)
 
 DIGITS_VERSION = "digits-v1"
+
+
+def publish(staging: Path, target: Path) -> None:
+    """Move a fully written dataset folder into place; safe when several jobs materialise it at once."""
+    try:
+        if target.exists():
+            shutil.rmtree(target)  # an older or half-written copy
+        os.replace(staging, target)
+    except OSError:
+        # another process won the race and put a complete copy in place
+        shutil.rmtree(staging, ignore_errors=True)
+        if not (target / DATASET_FILE).is_file():
+            raise
 DIGITS_FOLDS = 5
 
 
@@ -52,15 +65,7 @@ def digits_project(root: str | Path) -> str:
     write_project(staging, [str(c) for c in range(10)], images,
                   split_schemes=["holdout-70-15-15"] + [f"fold-{k + 1}-of-{DIGITS_FOLDS}" for k in range(DIGITS_FOLDS)],
                   generator=DIGITS_VERSION, source="sklearn.datasets.load_digits (UCI ML hand-written digits)")
-    try:
-        if target.exists():
-            shutil.rmtree(target)  # an older or half-written copy
-        os.replace(staging, target)
-    except OSError:
-        # another process won the race and put a complete copy in place
-        shutil.rmtree(staging, ignore_errors=True)
-        if not marker.is_file():
-            raise
+    publish(staging, target)
     return str(target)
 
 
@@ -149,12 +154,5 @@ def shapes_project(root: str | Path, task: str = "detection", num_images: int = 
                   split_schemes=["holdout-70-15-15"], generator=SHAPES_VERSION, ignore_index=255)
     write_project(staging, SHAPE_CLASSES, object_entries, split_schemes=["holdout-70-15-15"],
                   generator=SHAPES_VERSION)
-    try:
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(staging, target)
-    except OSError:
-        shutil.rmtree(staging, ignore_errors=True)
-        if not marker.is_file():
-            raise
+    publish(staging, target)
     return str(wanted)
