@@ -6,6 +6,7 @@ Only Hydra is imported here, so ``--help`` and ``--cfg job`` answer without load
 import hydra
 from omegaconf import DictConfig
 
+from aistudio.cli.resume_args import apply_to_sys_argv
 from aistudio.config import register_resolvers
 
 register_resolvers()
@@ -19,4 +20,5 @@ def main(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
+    apply_to_sys_argv()  # resume=<run>: the run's own overrides come back first
     main()

@@ -50,6 +50,7 @@ def subprocess_env(tmp: Path) -> dict[str, str]:
     env = dict(os.environ)
     env.setdefault("AISTUDIO_DATA_DIR", str(tmp / "datasets"))
     env["AISTUDIO_RUNS_DIR"] = str(tmp / "runs")
+    env["AISTUDIO_LOCK_DIR"] = str(tmp / "locks")  # tests never contend with the developer's own runs
     env["PYTHONUNBUFFERED"] = "1"
     return env
 

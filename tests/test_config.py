@@ -224,7 +224,7 @@ def test_unknown_choice_lists_valid_options():
     ("bccd", "detection", "fasterrcnn_mobilenet_v3_large_320_fpn"),
     ("membrane", "semantic_segmentation", None),
     ("shapes_segmentation", "semantic_segmentation", "lraspp_mobilenet_v3_large"),
-    ("shapes_detection", "detection", "ssdlite320_mobilenet_v3_large"),
+    ("shapes_detection", "detection", "fasterrcnn_mobilenet_v3_large_320_fpn"),
 ])
 def test_task_recipes_compose(compose_cfg, name, task, model):
     cfg = compose_cfg(f"experiment={name}")

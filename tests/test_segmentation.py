@@ -17,6 +17,7 @@ from hydra.utils import instantiate
 from aistudio import AistudioError, user_error
 from aistudio.data.builtin import shapes_project
 from aistudio.data.datamodule import ProjectDataModule
+from aistudio.data.images import ImageReadError
 from aistudio.data.project import DatasetError, load_project, write_project
 from aistudio.data.segmentation import SegmentationDataset
 from aistudio.models.segmentation import build_segmenter
@@ -72,7 +73,10 @@ def test_undecodable_mask_names_the_file(tmp_path):
     root = mask_project(tmp_path / "p", np.zeros((4, 4), np.uint8), ["a", "b"])
     project = load_project(root, task="semantic_segmentation")
     (root / "mask.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
-    with pytest.raises(DatasetError, match="(?s)mask.png.*cannot decode"):
+    with pytest.raises(ImageReadError, match="mask.png: truncated PNG"):
+        SegmentationDataset(project.split("train"), None, 3, project=project)[0]
+    (root / "mask.png").write_bytes(b"not an image at all")
+    with pytest.raises(ImageReadError, match="mask.png: cannot decode this mask"):
         SegmentationDataset(project.split("train"), None, 3, project=project)[0]
 
 

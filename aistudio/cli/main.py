@@ -1,4 +1,4 @@
-"""The ``aistudio`` command: dataset import and project utilities (training is ``python train.py``)."""
+"""The ``aistudio`` command: dataset import, project checks and run management (training is ``python train.py``)."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import logging
 import sys
 
 from aistudio import AistudioError
+from aistudio.cli.runs import add_runs_parser
 
 
 def _import_image_folder(args: argparse.Namespace) -> None:
@@ -106,6 +107,8 @@ def build_parser() -> argparse.ArgumentParser:
     validate.add_argument("--split-index", type=int, default=0)
     validate.add_argument("--check-images", default="header", choices=["header", "full", "none"])
     validate.set_defaults(func=_validate)
+
+    add_runs_parser(commands)
     return parser
 
 
@@ -113,11 +116,11 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     args = build_parser().parse_args(argv)
     try:
-        args.func(args)
+        code = args.func(args)
     except AistudioError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
-    return 0
+    return int(code or 0)
 
 
 if __name__ == "__main__":

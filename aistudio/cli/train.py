@@ -16,8 +16,12 @@ from omegaconf.errors import OmegaConfBaseException
 
 from aistudio import AistudioError, user_error
 from aistudio.runs.atomic import atomic_write_json, read_json
+from aistudio.runs.failures import explain_failure
+from aistudio.runs.heartbeat import Heartbeat
+from aistudio.runs.lock import RunLock, device_set
 from aistudio.runs.rank import global_rank
-from aistudio.runs.record import RunRecord, process_alive
+from aistudio.runs.record import HEARTBEAT_INTERVAL_S, RunRecord, stale_reason
+from aistudio.runs.stop import StopSignals, TrainingStopped
 
 log = logging.getLogger("aistudio.train")
 
@@ -34,6 +38,10 @@ def main(cfg: DictConfig) -> float | None:
     run_dir = Path(hydra_cfg.runtime.output_dir)
     try:
         return run_training(cfg, run_dir, overrides=list(hydra_cfg.overrides.task))
+    except TrainingStopped as stop:  # recorded as interrupted; a signal stops a whole sweep too
+        print(f"\nStopped by {stop.signal_name}: run recorded as interrupted, resume with "
+              f"python train.py resume={run_dir}", file=sys.stderr)
+        sys.exit(stop.exit_code)
     except Exception as err:
         problem = user_error(err)
         if multirun:  # recorded as failed (run.json, training.log); the other jobs of the sweep still run
@@ -70,24 +78,32 @@ def resume_checkpoint(cfg: DictConfig, run_dir: Path) -> Path | None:
     if previous is None:
         raise AistudioError(f"resume={cfg.resume}: not a run directory (no run.json there) — pass a run's "
                             "directory or its checkpoints/last.ckpt")
-    if previous.get("status") in ("pending", "running") and process_alive(previous.get("host"), previous.get("pid")):
+    if previous.get("status") in ("pending", "running") and not stale_reason(previous):
         raise AistudioError(f"resume={cfg.resume}: that run is still going (pid {previous.get('pid')} on "
                             f"{previous.get('host')}) — wait for it or stop it first")
     if previous.get("status") == "completed":
         raise AistudioError(f"resume={cfg.resume}: that run already completed. To train further, start a "
                             f"new run from its weights: model.weights={run_dir}/checkpoints/best.ckpt")
-    if not checkpoint.is_file():
-        raise AistudioError(f"resume={cfg.resume}: no checkpoint at {checkpoint} — the run stopped before "
-                            "its first epoch ended; start it again without resume")
+    if not checkpoint.is_file():  # stopped before its first checkpoint: a retry starts over, same directory
+        log.warning("resume=%s: no checkpoint at %s — training again from the start in the same run directory",
+                    cfg.resume, checkpoint)
+        return None
     return checkpoint
 
 
 def run_training(cfg: DictConfig, run_dir: Path, overrides: list[str] | None = None) -> float | None:
-    """Run one training job in ``run_dir``; every outcome ends in run.json (failed runs keep their files)."""
+    """Run one training job in ``run_dir``; every outcome ends in run.json (failed runs keep their files).
+
+    Rank 0 records the run, holds the project/devices lock (unless ``exclusive=false`` or a scheduler
+    placed the job) and keeps a heartbeat; stop signals end training at a batch boundary.
+    """
     checkpoint = resume_checkpoint(cfg, run_dir)  # refusals here leave the resumed run untouched
+    signals = StopSignals()
+    signals.install()
     record: RunRecord | None = None
+    lock: RunLock | None = None
     if global_rank() == 0:
-        if checkpoint is None and (run_dir / "run.json").exists():
+        if checkpoint is None and (run_dir / "run.json").exists() and not cfg.get("resume"):
             raise AistudioError(f"{run_dir} already holds a run; choose another hydra.run.dir or resume={run_dir}")
         record = RunRecord.create(
             run_dir, overrides=overrides or [], task=OmegaConf.select(cfg, "task.name", default=None),
@@ -98,9 +114,18 @@ def run_training(cfg: DictConfig, run_dir: Path, overrides: list[str] | None = N
     try:
         config = resolve_config(cfg)
         if record:
-            record.update(monitor={"metric": config["task"]["monitor"], "mode": config["task"]["mode"]})
+            record.update(monitor={"metric": config["task"]["monitor"], "mode": config["task"]["mode"]},
+                          data_project=str(config["data"].get("project")))
             atomic_write_json(run_dir / CONFIG_FILE, config)
-        return _fit_and_test(cfg, config, run_dir, record, checkpoint)
+            lock = _acquire_lock(cfg, config, run_dir, record)
+        interval = float(cfg.get("heartbeat_s") or HEARTBEAT_INTERVAL_S)
+        with Heartbeat(record, interval) if record else _nothing():
+            return _fit_and_test(cfg, config, run_dir, record, checkpoint, signals)
+    except TrainingStopped as stop:
+        log.warning("run interrupted: %s", stop)
+        if record:
+            record.mark_interrupted(f"{stop} (last.ckpt saved at the stop)" if stop.signum else str(stop))
+        raise
     except KeyboardInterrupt:
         if record:
             record.mark_interrupted("KeyboardInterrupt")
@@ -110,14 +135,50 @@ def run_training(cfg: DictConfig, run_dir: Path, overrides: list[str] | None = N
             record.mark_interrupted(f"training stopped (exit code {exit_.code}), e.g. Ctrl-C")
         raise
     except BaseException as err:
-        problem = user_error(err)
+        problem = user_error(err) or explain_failure(err, _data_settings(cfg))
         if problem is not None:
             log.error("run failed: %s", problem)
         else:
             log.exception("run failed with %s", type(err).__name__)
         if record:
             record.mark_failed(problem or err)
+        if problem is not None and problem is not user_error(err):
+            raise problem from err
         raise
+    finally:
+        if lock:
+            lock.release()
+        signals.restore()
+
+
+def _data_settings(cfg: DictConfig) -> dict[str, Any]:
+    """The data settings an out-of-memory message quotes (never raising: it runs while handling an error)."""
+    settings = {}
+    for key in ("batch_size", "image_size", "num_workers"):
+        try:
+            settings[key] = OmegaConf.select(cfg, f"data.{key}", default="?")
+        except Exception:  # noqa: BLE001 - an unresolvable value just is not quoted
+            settings[key] = "?"
+    return {"data": settings}
+
+
+class _nothing:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+def _acquire_lock(cfg: DictConfig, config: dict[str, Any], run_dir: Path, record: RunRecord) -> RunLock | None:
+    """One active run per project and device set; jobs placed by a scheduler (SLURM) are exempt."""
+    import os
+
+    if not cfg.get("exclusive", True) or os.environ.get("SLURM_JOB_ID"):
+        return None
+    lock = RunLock(config["data"].get("project"), device_set(config.get("hardware") or {}))
+    lock.acquire(run_dir, record.data.get("id"))
+    return lock
 
 
 def _model_config(config: dict[str, Any], num_classes: int) -> dict[str, Any]:
@@ -143,11 +204,13 @@ def _class_weights(setting: Any, counts: list[int]) -> list[float] | None:
 
 
 def _fit_and_test(cfg: DictConfig, config: dict[str, Any], run_dir: Path, record: RunRecord | None,
-                  checkpoint: Path | None) -> float | None:
+                  checkpoint: Path | None, signals: StopSignals) -> float | None:
     import lightning.pytorch as pl
     from hydra.utils import instantiate
 
     from aistudio.training.callbacks import RunDirectoryCallback
+    from aistudio.training.graceful_stop import GracefulStop
+    from aistudio.training.resume_state import ResumeState
     from aistudio.training.trainer import build_trainer
 
     pl.seed_everything(int(cfg.seed), workers=True, verbose=False)
@@ -168,7 +231,8 @@ def _fit_and_test(cfg: DictConfig, config: dict[str, Any], run_dir: Path, record
     monitor, mode = config["task"]["monitor"], config["task"]["mode"]
     ties = bool(OmegaConf.select(cfg, "callbacks.model_checkpoint.save_on_tie", default=True))
     run_callback = RunDirectoryCallback(run_dir, record, monitor, mode, run_config=config, best_on_tie=ties)
-    trainer = build_trainer(cfg, run_callback)
+    stop = GracefulStop(signals, run_dir / "checkpoints" / "last.ckpt")
+    trainer = build_trainer(cfg, run_callback, extra_callbacks=[ResumeState(), stop])
     if record:
         record.mark_running()
     trainer.fit(module, datamodule=datamodule, ckpt_path=str(checkpoint) if checkpoint else None)

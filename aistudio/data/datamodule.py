@@ -14,6 +14,7 @@ from torch.utils.data import DataLoader
 
 from aistudio import AistudioError
 from aistudio.data.project import Project, load_project
+from aistudio.data.sampling import EpochShuffleSampler
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +43,8 @@ class ProjectDataModule(pl.LightningDataModule):
                  train_transform: Callable[..., Any] | None = None,
                  eval_transform: Callable[..., Any] | None = None,
                  collate_fn: Callable[..., Any] | None = None, check_images: str = "header",
-                 pin_memory: bool | str = "auto", drop_last: bool = False, horizontal_flip: float = 0.5):
+                 pin_memory: bool | str = "auto", drop_last: bool = False, horizontal_flip: float = 0.5,
+                 seed: int = 0):
         super().__init__()
         if project is None or str(project) in ("", "???"):
             raise AistudioError("data.project is not set — pass the folder holding dataset.json: data.project=/path")
@@ -63,6 +65,7 @@ class ProjectDataModule(pl.LightningDataModule):
         self.pin_memory = pin_memory
         self.drop_last = drop_last
         self.horizontal_flip = float(horizontal_flip)
+        self.seed = int(seed)
         self._datasets: dict[str, Any] = {}
 
     @cached_property
@@ -107,10 +110,13 @@ class ProjectDataModule(pl.LightningDataModule):
         if split == "train" and self.batch_size > 1 and len(self._datasets[split]) % self.batch_size == 1:
             # a last batch of one image breaks BatchNorm in training mode; skip it instead of crashing
             drop_last = True
+        # training: order and augmentation seeds from (seed, epoch) alone, so a resumed run sees
+        # exactly what the uninterrupted run would have seen (see aistudio/data/sampling.py)
+        sampler = EpochShuffleSampler(self._datasets[split], seed=self.seed, drop_last=False) if shuffle else None
         return DataLoader(
             self._datasets[split],
             batch_size=self.batch_size if split == "train" else self.eval_batch_size,
-            shuffle=shuffle,
+            sampler=sampler,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
             pin_memory=pin,

@@ -10,6 +10,7 @@ from torch.utils.data import Dataset
 
 from aistudio.data.images import read_image
 from aistudio.data.project import ImageRecord, Project
+from aistudio.data.sampling import seed_transform, split_key
 
 
 class ClassificationDataset(Dataset):
@@ -24,10 +25,12 @@ class ClassificationDataset(Dataset):
     def __len__(self) -> int:
         return len(self.records)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+    def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, int]:
+        index, seed = split_key(key)
         record = self.records[index]
         image = read_image(record.file, self.channels)
         if self.transform is not None:
+            seed_transform(self.transform, seed)
             image = self.transform(image=image)["image"]
         if not isinstance(image, torch.Tensor):
             image = torch.from_numpy(image).permute(2, 0, 1).float().div_(255)

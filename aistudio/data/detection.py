@@ -17,6 +17,7 @@ from torch.utils.data import Dataset
 from aistudio.data.annotations import ObjectRecord
 from aistudio.data.images import read_image
 from aistudio.data.project import ImageRecord, Project
+from aistudio.data.sampling import seed_transform, split_key
 
 
 def decode_segmentation(segmentation: Any, height: int, width: int) -> np.ndarray:
@@ -60,7 +61,8 @@ class DetectionDataset(Dataset):
     def _objects(self, record: ImageRecord) -> list[ObjectRecord]:
         return [o for o in record.objects if not o.iscrowd]
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        index, seed = split_key(key)
         record = self.records[index]
         image = read_image(record.file, self.channels)
         height, width = image.shape[:2]
@@ -70,6 +72,7 @@ class DetectionDataset(Dataset):
         masks = [decode_segmentation(o.segmentation, height, width) for o in objects] if self.masks else []
         ids = list(range(len(objects)))
         if self.transform is not None:
+            seed_transform(self.transform, seed)
             kwargs: dict[str, Any] = {"image": image, "bboxes": boxes, "labels": labels, "ids": ids}
             if self.masks:
                 kwargs["masks"] = masks

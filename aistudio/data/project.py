@@ -46,7 +46,14 @@ _EXAMPLES_PER_KIND = 5
 class DatasetError(AistudioError):
     """One or more problems in a dataset.json project, all reported at once."""
 
-    def __init__(self, source: str | Path, problems: list[str]):
+    def __init__(self, source: str | Path, problems: list[str] | None = None):
+        if problems is None:  # torch re-raising it from a DataLoader worker: the message alone
+            message = str(source)
+            if "Original Traceback" in message:
+                message = message.split("Original Traceback", 1)[1].split("DatasetError: ", 1)[-1].strip()
+            self.source, self.problems = "", [message]
+            super().__init__(message)
+            return
         self.source = str(source)
         self.problems = problems
         super().__init__(self._summary())

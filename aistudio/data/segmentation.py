@@ -10,17 +10,19 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from aistudio.data.images import read_image
+from aistudio.data.images import ImageReadError, read_encoded, read_image
 from aistudio.data.project import DatasetError, ImageRecord, Project
+from aistudio.data.sampling import seed_transform, split_key
 
 
 def read_mask(path: str | Path) -> np.ndarray:
     """Decode a label image to HxW with its raw pixel values (8- or 16-bit, palette PNGs by index)."""
     import cv2
 
-    mask = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    mask = cv2.imdecode(read_encoded(path, "mask"), cv2.IMREAD_UNCHANGED)
     if mask is None:
-        raise DatasetError(path, ["cannot decode this mask (corrupt or not an image) — replace or remove it"])
+        raise ImageReadError(f"{path}: cannot decode this mask (corrupt or not an image) — replace the file or "
+                             "remove its entry from dataset.json")
     if mask.ndim == 3:
         mask = _single_channel(path, mask)
     return mask
@@ -85,13 +87,15 @@ class SegmentationDataset(Dataset):
     def __len__(self) -> int:
         return len(self.records)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+        index, seed = split_key(key)
         record = self.records[index]
         if record.mask is None:
             raise DatasetError(record.file, ["this entry has no 'mask' — semantic segmentation needs one per image"])
         image = read_image(record.file, self.channels)
         mask = self.class_mask(read_mask(record.mask), record.mask)
         if self.transform is not None:
+            seed_transform(self.transform, seed)
             out = self.transform(image=image, mask=mask)
             image, mask = out["image"], out["mask"]
         if not isinstance(image, torch.Tensor):

@@ -1,7 +1,11 @@
 """run.json: the record of one run, rewritten atomically at every status change.
 
-Statuses: pending -> running -> completed | failed | interrupted. Readers go through
-:func:`load_run` so the file layout stays one documented contract (see README, "Run directory").
+Statuses: pending -> running -> completed | failed | interrupted; a retry goes back to pending with
+the attempt count raised and the earlier attempt kept in ``history``. The training process refreshes
+``heartbeat_at`` every epoch and every ``heartbeat_interval_s``; a reader that finds a pending/running
+run whose process is gone (same host) or whose heartbeat is overdue shows it as ``interrupted``
+(:func:`effective_status`) without the dead process's help. Readers go through :func:`load_run` so
+the file layout stays one documented contract (see README, "Run directory").
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ import shlex
 import socket
 import subprocess
 import sys
+import threading
 import traceback
 import uuid
 from datetime import datetime, timezone
@@ -25,6 +30,8 @@ RUN_FILE = "run.json"
 SCHEMA_VERSION = 1
 STATUSES = ("pending", "running", "completed", "failed", "interrupted")
 FINAL_STATUSES = ("completed", "failed", "interrupted")
+ACTIVE_STATUSES = ("pending", "running")
+HEARTBEAT_INTERVAL_S = 30.0
 _TRACKED_PACKAGES = (
     "aistudio", "torch", "torchvision", "lightning", "torchmetrics", "hydra-core", "omegaconf",
     "albumentations", "opencv-python-headless", "numpy",
@@ -70,6 +77,7 @@ class RunRecord:
     def __init__(self, run_dir: str | Path, data: dict[str, Any]):
         self.run_dir = Path(run_dir)
         self.data = data
+        self._lock = threading.Lock()  # the heartbeat thread writes too
 
     @property
     def path(self) -> Path:
@@ -88,8 +96,12 @@ class RunRecord:
         if existing:
             data = existing
             history = data.setdefault("history", [])
-            history.append({k: data.get(k) for k in ("attempt", "status", "started_at", "ended_at",
-                                                      "error")})
+            previous = {k: data.get(k) for k in ("attempt", "status", "started_at", "ended_at", "error")}
+            reason = stale_reason(data)
+            if reason:  # its process died without a word (kill -9, OOM killer, power loss)
+                previous.update(status="interrupted", ended_at=data.get("heartbeat_at"),
+                                error={"type": "Stale", "message": reason, "traceback": None})
+            history.append(previous)
             data["attempt"] = int(data.get("attempt", 1)) + 1
             for key in ("started_at", "ended_at", "duration_s", "error"):
                 data[key] = None
@@ -120,6 +132,8 @@ class RunRecord:
             host=socket.gethostname(),
             pid=os.getpid(),
             updated_at=now,
+            heartbeat_at=now,
+            heartbeat_interval_s=HEARTBEAT_INTERVAL_S,
         )
         data.update(fields)
         record = cls(run_dir, data)
@@ -127,12 +141,19 @@ class RunRecord:
         return record
 
     def write(self) -> None:
-        self.data["updated_at"] = utc_now()
-        atomic_write_json(self.path, self.data)
+        with self._lock:
+            self.data["updated_at"] = self.data["heartbeat_at"] = utc_now()
+            atomic_write_json(self.path, self.data)
 
     def update(self, **fields: Any) -> None:
-        self.data.update(fields)
+        with self._lock:
+            self.data.update(fields)
         self.write()
+
+    def beat(self) -> None:
+        """Refresh the heartbeat (only while the run is active: a final status is never overwritten)."""
+        if self.status in ACTIVE_STATUSES:
+            self.write()
 
     def mark_running(self) -> None:
         self.update(status="running", started_at=utc_now())
@@ -173,6 +194,33 @@ def process_alive(host: str | None, pid: int | None) -> bool:
     except PermissionError:  # exists, owned by someone else
         return True
     return True
+
+
+def stale_reason(data: dict[str, Any], now: datetime | None = None) -> str | None:
+    """Why a run recorded as pending/running is in fact dead, or None when it may still be alive.
+
+    Same host: the pid is checked (kill -9, OOM killer). Other hosts: the heartbeat must be younger
+    than three intervals plus a minute (power loss, a lost node).
+    """
+    if data.get("status") not in ACTIVE_STATUSES:
+        return None
+    if data.get("host") == socket.gethostname():
+        if not process_alive(data.get("host"), data.get("pid")):
+            return f"process {data.get('pid')} on {data.get('host')} is gone (killed or crashed)"
+        return None
+    beat = data.get("heartbeat_at") or data.get("updated_at")
+    if not beat:
+        return None
+    interval = float(data.get("heartbeat_interval_s") or HEARTBEAT_INTERVAL_S)
+    age = ((now or datetime.now(timezone.utc)) - datetime.fromisoformat(beat)).total_seconds()
+    if age > 3 * interval + 60:
+        return f"no heartbeat from {data.get('host')} for {age:.0f} s"
+    return None
+
+
+def effective_status(data: dict[str, Any]) -> str:
+    """The status a reader should show: a pending/running run whose process is dead is ``interrupted``."""
+    return "interrupted" if stale_reason(data) else str(data.get("status"))
 
 
 def load_run(run_dir: str | Path) -> dict[str, Any]:

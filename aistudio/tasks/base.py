@@ -19,18 +19,28 @@ from aistudio.training.schedulers import build_scheduler
 
 log = logging.getLogger(__name__)
 
+NON_FINITE_POLICIES = ("fail", "skip")
+MAX_SKIPPED_IN_A_ROW = 20  # a run that only produces NaN has diverged: skipping forever would hide it
+
+
+class NonFiniteLossError(AistudioError):
+    """The training loss became NaN/inf (names the step and batch)."""
+
 
 class TaskModule(pl.LightningModule):
     """Base LightningModule. Subclasses add the loss, metrics and the train/val/test steps."""
 
     def __init__(self, model: dict[str, Any], optimizer: dict[str, Any], scheduler: dict[str, Any] | None = None,
                  class_names: list[str] | None = None, freeze_backbone_epochs: int = 0,
-                 backbone_lr_scale: float = 1.0):
+                 backbone_lr_scale: float = 1.0, non_finite_loss: str = "fail"):
         super().__init__()
+        if non_finite_loss not in NON_FINITE_POLICIES:
+            raise AistudioError(f"task.module.non_finite_loss={non_finite_loss!r}: use one of {', '.join(NON_FINITE_POLICIES)}")
         self.save_hyperparameters()
         self.class_names = list(class_names or [])
         self.model = instantiate(model)
         self._backbone_frozen = False
+        self._skipped_in_a_row = 0
 
     def forward(self, images: torch.Tensor) -> Any:
         return self.model(images)
@@ -67,6 +77,24 @@ class TaskModule(pl.LightningModule):
                 if isinstance(module, torch.nn.modules.batchnorm._BatchNorm) and name not in head:
                     module.eval()
         return self
+
+    # -- non-finite loss ----------------------------------------------------------------------------
+    def checked_loss(self, loss: torch.Tensor, batch_idx: int) -> torch.Tensor | None:
+        """``loss``, or per ``non_finite_loss``: stop the run naming step and batch (``fail``), or skip
+        the batch — no backward, no optimizer step — by returning None (``skip``)."""
+        if bool(torch.isfinite(loss)):
+            self._skipped_in_a_row = 0
+            return loss
+        where = (f"loss is {float(loss)} at step {self.global_step} (epoch {self.current_epoch}, batch "
+                 f"{batch_idx})")
+        lr = (self.hparams.optimizer or {}).get("lr")
+        if self.hparams.non_finite_loss == "skip" and self._skipped_in_a_row < MAX_SKIPPED_IN_A_ROW:
+            self._skipped_in_a_row += 1
+            log.warning("%s: batch skipped (task.module.non_finite_loss=skip)", where)
+            return None
+        advice = (f"{MAX_SKIPPED_IN_A_ROW} batches in a row were skipped; " if self._skipped_in_a_row else "")
+        raise NonFiniteLossError(f"{where} — {advice}lower optimizer.lr (now {lr}), set trainer.gradient_clip_val, "
+                                 "check the data, or skip such batches with task.module.non_finite_loss=skip")
 
     # -- optimisation --------------------------------------------------------------------------------
     def configure_optimizers(self) -> Any:
@@ -129,8 +157,8 @@ class MetricCollectionTask(TaskModule):
         self.log_dict(metrics.compute(), on_step=False, on_epoch=True, prog_bar=metrics is not self.train_metrics)
         metrics.reset()
 
-    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
-        return self._shared_step(batch, "train", self.train_metrics)
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor | None:
+        return self.checked_loss(self._shared_step(batch, "train", self.train_metrics), batch_idx)
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         if self.trainer.is_last_batch:

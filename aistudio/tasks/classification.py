@@ -23,8 +23,9 @@ class ClassificationModule(MetricCollectionTask):
     def __init__(self, model: dict[str, Any], optimizer: dict[str, Any], scheduler: dict[str, Any] | None = None,
                  class_names: list[str] | None = None, label_smoothing: float = 0.0,
                  class_weights: list[float] | None = None, freeze_backbone_epochs: int = 0,
-                 backbone_lr_scale: float = 1.0):
-        super().__init__(model, optimizer, scheduler, class_names, freeze_backbone_epochs, backbone_lr_scale)
+                 backbone_lr_scale: float = 1.0, non_finite_loss: str = "fail"):
+        super().__init__(model, optimizer, scheduler, class_names, freeze_backbone_epochs, backbone_lr_scale,
+                         non_finite_loss)
         num_classes = int(model["num_classes"])
         weight = torch.tensor(class_weights, dtype=torch.float32) if class_weights else None
         self.criterion = torch.nn.CrossEntropyLoss(weight=weight, label_smoothing=float(label_smoothing))

@@ -36,8 +36,9 @@ class DetectionModule(TaskModule):
     def __init__(self, model: dict[str, Any], optimizer: dict[str, Any], scheduler: dict[str, Any] | None = None,
                  class_names: list[str] | None = None, freeze_backbone_epochs: int = 0,
                  backbone_lr_scale: float = 1.0, iou_types: list[str] | tuple[str, ...] = ("bbox",),
-                 mask_threshold: float = 0.5):
-        super().__init__(model, optimizer, scheduler, class_names, freeze_backbone_epochs, backbone_lr_scale)
+                 mask_threshold: float = 0.5, non_finite_loss: str = "fail"):
+        super().__init__(model, optimizer, scheduler, class_names, freeze_backbone_epochs, backbone_lr_scale,
+                         non_finite_loss)
         self.iou_types = tuple(iou_types)
         self.mask_threshold = mask_threshold
         self.val_map = self._map()
@@ -55,7 +56,7 @@ class DetectionModule(TaskModule):
         return {n for n, _ in self.model.named_parameters() if not n.startswith("backbone.body.")
                 and not n.startswith("backbone.features.")}
 
-    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor | None:
         images, targets = batch
         losses = self.model(images, targets)
         loss = sum(losses.values())
@@ -63,7 +64,7 @@ class DetectionModule(TaskModule):
         self.log("train_loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=size)
         for name, value in losses.items():
             self.log(f"train_{name}", value, on_step=False, on_epoch=True, batch_size=size)
-        return loss
+        return self.checked_loss(loss, batch_idx)
 
     def _predictions(self, images: list[torch.Tensor]) -> list[dict[str, torch.Tensor]]:
         predictions = self.model(images)

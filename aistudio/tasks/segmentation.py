@@ -38,8 +38,9 @@ class SemanticSegmentationModule(MetricCollectionTask):
     def __init__(self, model: dict[str, Any], optimizer: dict[str, Any], scheduler: dict[str, Any] | None = None,
                  class_names: list[str] | None = None, ignore_index: int = 255, dice_weight: float = 0.0,
                  aux_weight: float = 0.5, label_smoothing: float = 0.0, class_weights: list[float] | None = None,
-                 freeze_backbone_epochs: int = 0, backbone_lr_scale: float = 1.0):
-        super().__init__(model, optimizer, scheduler, class_names, freeze_backbone_epochs, backbone_lr_scale)
+                 freeze_backbone_epochs: int = 0, backbone_lr_scale: float = 1.0, non_finite_loss: str = "fail"):
+        super().__init__(model, optimizer, scheduler, class_names, freeze_backbone_epochs, backbone_lr_scale,
+                         non_finite_loss)
         num_classes = int(model["num_classes"])
         if class_weights is not None and not any(class_weights):
             # the runner's `balanced` counts image labels, which mask projects do not have

@@ -1,0 +1,168 @@
+"""``aistudio runs``: list, show, resume, retry and remove runs under a runs root.
+
+Statuses are shown as readers must see them: a pending/running run whose process is gone (or whose
+heartbeat is overdue) is ``interrupted``. Resume and retry start ``train.py`` again the way the run
+was started (its recorded script and working directory), with ``resume=<run dir>``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from aistudio import AistudioError
+from aistudio.runs.catalog import default_runs_root, find_run, load_runs
+from aistudio.runs.record import effective_status, load_run, stale_reason
+
+
+def _duration(data: dict[str, Any]) -> str:
+    seconds = data.get("duration_s")
+    if seconds is None and data.get("started_at"):
+        seconds = (datetime.now(timezone.utc) - datetime.fromisoformat(data["started_at"])).total_seconds()
+    if seconds is None:
+        return "-"
+    minutes, secs = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
+
+
+def _best(data: dict[str, Any]) -> str:
+    best = data.get("best") or {}
+    if best.get("value") is None:
+        return "-"
+    return f"{best.get('metric')}={best['value']:.4g} (ep {best.get('epoch')})"
+
+
+def summary_rows(root: Path) -> list[dict[str, Any]]:
+    rows = []
+    for folder, data in load_runs(root):
+        rows.append({"id": data.get("id", folder.name), "status": effective_status(data),
+                     "task": data.get("task") or "-", "model": data.get("model") or "-",
+                     "epochs": data.get("epochs_completed", 0), "best": _best(data),
+                     "duration": _duration(data), "attempt": data.get("attempt", 1),
+                     "dir": os.path.relpath(folder)})
+    return rows
+
+
+def _print_table(rows: list[dict[str, Any]], columns: list[str]) -> None:
+    widths = {c: max([len(c)] + [len(str(r[c])) for r in rows]) for c in columns}
+    print("  ".join(c.upper().ljust(widths[c]) for c in columns))
+    for row in rows:
+        print("  ".join(str(row[c]).ljust(widths[c]) for c in columns))
+
+
+def _list(args: argparse.Namespace) -> None:
+    rows = summary_rows(args.root)
+    if args.status:
+        rows = [r for r in rows if r["status"] == args.status]
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return
+    if not rows:
+        print(f"no runs under {args.root}")
+        return
+    _print_table(rows, ["id", "status", "task", "model", "epochs", "best", "duration", "attempt", "dir"])
+
+
+def _show(args: argparse.Namespace) -> None:
+    folder = find_run(args.run, args.root)
+    data = load_run(folder)
+    reason = stale_reason(data)
+    if reason:
+        data = {**data, "status": "interrupted", "stale": reason, "recorded_status": data.get("status")}
+    if args.json:
+        print(json.dumps(data, indent=2))
+        return
+    print(f"run {data.get('id')}  {data['status']}  (attempt {data.get('attempt', 1)})")
+    print(f"  directory  {folder}")
+    print(f"  command    {data.get('command')}")
+    print(f"  task/model {data.get('task')} / {data.get('model')}")
+    print(f"  epochs     {data.get('epochs_completed', 0)}   best {_best(data)}   duration {_duration(data)}")
+    if reason:
+        print(f"  stale      {reason}")
+    if data.get("test_metrics"):
+        print("  test       " + " ".join(f"{k}={v:.4g}" for k, v in sorted(data["test_metrics"].items())
+                                     if isinstance(v, (int, float))))
+    error = data.get("error") or {}
+    if error:
+        print(f"  error      {error.get('type')}: {error.get('message')}")
+    for past in data.get("history") or []:
+        past_error = (past.get("error") or {}).get("message")
+        print(f"  attempt {past.get('attempt')}: {past.get('status')}" + (f" — {past_error}" if past_error else ""))
+
+
+def _train_command(folder: Path, extra: list[str]) -> tuple[list[str], str]:
+    data = load_run(folder)
+    argv = data.get("argv") or []
+    script = argv[0] if argv else "train.py"
+    cwd = data.get("cwd") or os.getcwd()
+    if not (Path(cwd) / script).is_file():
+        raise AistudioError(f"cannot find {script} in {cwd} (where run {data.get('id')} was started) — run "
+                            f"python train.py resume={folder} from the project's folder instead")
+    return [sys.executable, script, f"resume={folder}", *extra], cwd
+
+
+def _restart(args: argparse.Namespace, allowed: tuple[str, ...], verb: str) -> int:
+    folder = find_run(args.run or "latest", args.root)
+    status = effective_status(load_run(folder))
+    if status not in allowed:
+        hint = (f"; start a new run from its weights with model.weights={folder}/checkpoints/best.ckpt"
+                if status == "completed" else "")
+        raise AistudioError(f"cannot {verb} run {folder.name}: it is {status} (only {', '.join(allowed)} "
+                            f"runs){hint}")
+    command, cwd = _train_command(folder, args.overrides)
+    print(f"{verb}: {' '.join(command)}  (in {cwd})", flush=True)
+    return subprocess.call(command, cwd=cwd)
+
+
+def _remove(args: argparse.Namespace) -> None:
+    targets = [find_run(r, args.root) for r in args.runs]
+    if args.failed:
+        targets += [d for d, data in load_runs(args.root) if effective_status(data) == "failed"]
+    if not targets:
+        raise AistudioError("nothing to remove: name runs or pass --failed")
+    for folder in dict.fromkeys(targets):
+        status = effective_status(load_run(folder))
+        if status in ("pending", "running"):
+            raise AistudioError(f"run {folder.name} is {status}: stop it first")
+        if status in ("completed", "interrupted") and not args.force:
+            raise AistudioError(f"run {folder.name} is {status}: pass --force to remove it anyway")
+        shutil.rmtree(folder)
+        print(f"removed {folder}")
+
+
+def add_runs_parser(commands: Any) -> None:
+    runs = commands.add_parser("runs", help="list, show, resume, retry and remove training runs")
+    runs.add_argument("--root", type=Path, default=default_runs_root(),
+                      help="runs root (default: $AISTUDIO_RUNS_DIR or ./runs)")
+    actions = runs.add_subparsers(dest="action", required=True)
+    listing = actions.add_parser("list", help="one line per run (stale runs shown interrupted)")
+    listing.add_argument("--status", choices=["pending", "running", "completed", "failed", "interrupted"])
+    listing.add_argument("--json", action="store_true")
+    listing.set_defaults(func=_list)
+    show = actions.add_parser("show", help="one run in detail, with its attempts")
+    show.add_argument("run", help="run id (or a unique prefix), run directory or latest")
+    show.add_argument("--json", action="store_true")
+    show.set_defaults(func=_show)
+    resume = actions.add_parser("resume", help="continue an interrupted run from its last.ckpt")
+    resume.add_argument("run", nargs="?", help="run id or directory (default: the latest interrupted run)")
+    resume.add_argument("overrides", nargs="*", help="extra overrides, e.g. trainer.max_epochs=30")
+    resume.set_defaults(func=lambda a: _restart(a, ("interrupted",), "resume"))
+    retry = actions.add_parser("retry", help="run a failed or interrupted run again in its directory")
+    retry.add_argument("run", nargs="?", help="run id or directory (default: the latest stopped run)")
+    retry.add_argument("overrides", nargs="*", help="overrides that fix the failure, e.g. optimizer.lr=0.01")
+    retry.set_defaults(func=lambda a: _restart(a, ("failed", "interrupted"), "retry"))
+    remove = actions.add_parser("remove", help="delete failed runs (others need --force)")
+    remove.add_argument("runs", nargs="*", help="run ids or directories")
+    remove.add_argument("--failed", action="store_true", help="every failed run under the root")
+    remove.add_argument("--force", action="store_true", help="also completed and interrupted runs")
+    remove.set_defaults(func=_remove)
+
+

@@ -1,0 +1,62 @@
+"""Training order and augmentation randomness as a pure function of (seed, epoch).
+
+torch's default shuffling draws from the global RNG and albumentations' ``Compose`` seeds itself from
+the OS unless told otherwise, so a resumed run (or a run with a different worker count) would see
+other orders and other augmentations than the run it continues. :class:`EpochShuffleSampler` draws the
+permutation and one augmentation seed per sample from ``(seed, epoch)``; it yields ``(index, seed)``
+keys that the task datasets understand (:func:`split_key`, :func:`seed_transform`).
+
+It subclasses ``DistributedSampler`` so that under DDP Lightning keeps it (and calls ``set_epoch``):
+each rank takes its own shard of the same permutation.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+from torch.utils.data import DistributedSampler
+
+
+def split_key(key: Any) -> tuple[int, int | None]:
+    """A dataset key: a plain index (evaluation) or ``(index, augmentation seed)`` (training)."""
+    if isinstance(key, (tuple, list)):
+        return int(key[0]), int(key[1])
+    return int(key), None
+
+
+def seed_transform(transform: Any, seed: int | None) -> None:
+    """Seed an albumentations pipeline for one sample (no-op for other callables or without a seed)."""
+    if seed is not None and hasattr(transform, "set_random_seed"):
+        transform.set_random_seed(seed)
+
+
+class EpochShuffleSampler(DistributedSampler):
+    """Shuffled ``(index, augmentation seed)`` keys determined by ``seed`` and the epoch alone."""
+
+    def __init__(self, dataset: Any, seed: int = 0, drop_last: bool = False):
+        import torch.distributed as dist
+
+        distributed = dist.is_available() and dist.is_initialized()
+        super().__init__(dataset, num_replicas=dist.get_world_size() if distributed else 1,
+                         rank=dist.get_rank() if distributed else 0, shuffle=True, seed=seed, drop_last=drop_last)
+        self._skip = 0
+
+    def skip_next(self, samples: int) -> None:
+        """Leave out this rank's first ``samples`` keys in the next pass only (a resume inside an epoch)."""
+        self._skip = int(samples)
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:  # type: ignore[override]
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        size = len(self.dataset)  # type: ignore[arg-type]
+        order = torch.randperm(size, generator=generator).tolist()
+        seeds = torch.randint(0, 2**31 - 1, (size,), generator=generator).tolist()
+        if not self.drop_last and self.total_size > size:  # pad so every rank gets as many samples
+            order += (order * math.ceil(self.total_size / size))[: self.total_size - size]
+        order = order[: self.total_size]
+        skip, self._skip = self._skip, 0
+        for position in range(self.rank + skip * self.num_replicas, self.total_size, self.num_replicas):
+            index = order[position]
+            yield index, seeds[index]

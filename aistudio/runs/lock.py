@@ -1,0 +1,88 @@
+"""One active training run per project and device set (the design notes' GPU resource rule).
+
+The lock is an ``flock`` on a file under the lock folder (``AISTUDIO_LOCK_DIR``, default
+``~/.cache/aistudio/locks``), keyed by the project and the devices. The kernel drops an flock when
+its process dies, however it dies, so a lock left by kill -9 or the OOM killer is free again at once:
+nobody is ever asked to delete a file. Who holds a lock is in a JSON file beside it, written
+atomically, so the refusal can name the active run.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import socket
+from pathlib import Path
+from typing import Any
+
+from aistudio import AistudioError
+from aistudio.runs.atomic import atomic_write_json, read_json
+from aistudio.runs.record import utc_now
+
+
+def default_lock_dir() -> Path:
+    return Path(os.environ.get("AISTUDIO_LOCK_DIR") or Path.home() / ".cache" / "aistudio" / "locks")
+
+
+def project_identity(project: Any) -> str:
+    """A stable name for ``data.project``: the resolved folder, or a built-in generator's config."""
+    if isinstance(project, dict):
+        return json.dumps(project, sort_keys=True, default=str)
+    path = Path(str(project)).expanduser()
+    if path.name.endswith(".json"):
+        path = path.parent
+    return str(path.resolve())
+
+
+def device_set(hardware: dict[str, Any]) -> str:
+    """``cpu`` or the accelerator with its devices (CUDA_VISIBLE_DEVICES included: it renames GPUs)."""
+    selected = hardware.get("selected_devices", "auto")
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    return f"{selected}" + (f"@CUDA_VISIBLE_DEVICES={visible}" if visible and selected != "cpu" else "")
+
+
+class RunLock:
+    """Exclusive, non-blocking: :meth:`acquire` raises an :class:`AistudioError` naming the holder."""
+
+    def __init__(self, project: Any, devices: str, lock_dir: str | Path | None = None):
+        self.project = project_identity(project)
+        self.devices = devices
+        key = hashlib.sha1(f"{self.project}\n{devices}".encode()).hexdigest()[:16]
+        folder = Path(lock_dir) if lock_dir else default_lock_dir()
+        self.path = folder / f"{key}.lock"
+        self.info_path = folder / f"{key}.json"
+        self._fd: int | None = None
+
+    def acquire(self, run_dir: str | Path, run_id: str | None) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            holder = read_json(self.info_path, default={}) or {}
+            raise AistudioError(
+                f"another training run is active on this project and devices ({self.devices}): "
+                f"{holder.get('run_dir', '?')} (run {holder.get('run_id', '?')}, pid {holder.get('pid', '?')} on "
+                f"{holder.get('host', '?')}, started {holder.get('started_at', '?')}) — wait for it to end or stop "
+                f"it (aistudio runs list), or pass exclusive=false to share the devices on purpose") from None
+        self._fd = fd
+        atomic_write_json(self.info_path, {"run_dir": str(run_dir), "run_id": run_id, "pid": os.getpid(),
+                                           "host": socket.gethostname(), "project": self.project,
+                                           "devices": self.devices, "started_at": utc_now()})
+
+    def release(self) -> None:
+        if self._fd is None:
+            return
+        self.info_path.unlink(missing_ok=True)
+        fcntl.flock(self._fd, fcntl.LOCK_UN)
+        os.close(self._fd)
+        self._fd = None
+
+    def __enter__(self) -> RunLock:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()

@@ -1,0 +1,65 @@
+"""Stop requests: SIGINT, SIGTERM (and SIGUSR1, SLURM's warning before a time limit or preemption).
+
+Inside the training loop a signal only sets a flag; the loop stops at the next batch boundary (after
+the optimizer step), ``last.ckpt`` is written from that consistent state, and the run ends as
+``interrupted`` with the signal named, exiting 128 + signal number. Outside the loop (start-up,
+testing) there is nothing to save and the run stops at once. A second Ctrl-C stops immediately.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from types import FrameType
+from typing import Any
+
+log = logging.getLogger("aistudio.train")
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)
+
+
+class TrainingStopped(Exception):
+    """Raised at a safe point after a stop signal; carries the signal for the record and exit code."""
+
+    def __init__(self, signum: int, where: str = ""):
+        self.signum = signum
+        self.signal_name = signal.Signals(signum).name
+        super().__init__(f"stopped by {self.signal_name}{where}")
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum
+
+
+class StopSignals:
+    """Signal handlers for one run; ``deferred`` while the training loop can stop at a batch boundary."""
+
+    def __init__(self) -> None:
+        self.received: int | None = None
+        self.deferred = False
+        self._previous: dict[int, Any] = {}
+
+    def install(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return  # signal handlers can only be set from the main thread (e.g. thread-based launchers)
+        for signum in STOP_SIGNALS:
+            self._previous[signum] = signal.signal(signum, self._handle)
+
+    def restore(self) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
+        self._previous.clear()
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        if self.received is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt  # a second Ctrl-C: the user does not want to wait
+        self.received = signum
+        if not self.deferred:
+            raise TrainingStopped(signum)
+        log.warning("received %s: stopping after the current batch and saving last.ckpt (Ctrl-C again to "
+                    "stop at once)", signal.Signals(signum).name)
+
+    def check(self, where: str) -> None:
+        if self.received is not None:
+            raise TrainingStopped(self.received, where)

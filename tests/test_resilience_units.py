@@ -1,0 +1,127 @@
+"""The pieces behind resume and failure reports, on real objects: sampler, RPN anchors, failure
+messages from real out-of-memory and worker-death errors, the project lock."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+
+import pytest
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from aistudio import AistudioError
+from aistudio.data.sampling import EpochShuffleSampler
+from aistudio.runs.failures import explain_failure
+from aistudio.runs.lock import RunLock
+
+
+class Sized(Dataset):
+    def __init__(self, size: int):
+        self.size = size
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __getitem__(self, key):
+        return key
+
+
+def keys(sampler: EpochShuffleSampler, epoch: int) -> list[tuple[int, int]]:
+    sampler.set_epoch(epoch)
+    return list(sampler)
+
+
+def test_training_order_and_augmentation_seeds_depend_on_seed_and_epoch_only():
+    data = Sized(50)
+    first, again = EpochShuffleSampler(data, seed=3), EpochShuffleSampler(data, seed=3)
+    assert keys(first, 0) == keys(again, 0)
+    assert sorted(i for i, _ in keys(first, 0)) == list(range(50))  # every sample once per epoch
+    assert keys(first, 0) != keys(first, 1)  # a new order and new augmentations each epoch
+    assert keys(first, 0) != keys(EpochShuffleSampler(data, seed=4), 0)
+    # a resume inside an epoch skips exactly what was done
+    full = keys(first, 2)
+    first.skip_next(16)
+    assert keys(first, 2) == full[16:]
+    assert keys(first, 2) == full  # only the next pass
+
+
+def test_ranks_take_disjoint_shards_of_the_same_permutation():
+    data = Sized(10)
+    shards = []
+    for rank in range(3):
+        sampler = EpochShuffleSampler(data, seed=0)
+        sampler.num_replicas, sampler.rank = 3, rank
+        sampler.num_samples = -(-len(data) // 3)
+        sampler.total_size = sampler.num_samples * 3
+        shards.append([i for i, _ in keys(sampler, 5)])
+    assert all(len(s) == 4 for s in shards)  # padded to equal length, as DistributedSampler does
+    assert set().union(*map(set, shards)) == set(range(10))
+
+
+def test_rpn_anchors_follow_the_config_and_the_model_still_trains():
+    from aistudio.models.detection import build_detector
+
+    model = build_detector("fasterrcnn_mobilenet_v3_large_320_fpn", 3, min_size=96, max_size=96,
+                           anchor_sizes=[8, 16, 32], aspect_ratios=[1.0])
+    assert model.rpn.anchor_generator.sizes == ((8, 16, 32),) * 3
+    assert model.rpn.head.cls_logits.out_channels == 3  # 3 sizes x 1 ratio per location
+    model.train()
+    losses = model([torch.rand(3, 96, 96)], [{"boxes": torch.tensor([[10.0, 10, 30, 30]]),
+                                              "labels": torch.tensor([1])}])
+    sum(losses.values()).backward()
+    with pytest.raises(AistudioError, match="no region proposal network"):
+        build_detector("ssdlite320_mobilenet_v3_large", 3, anchor_sizes=[8, 16])
+    with pytest.raises(AistudioError, match="one list per feature map"):
+        build_detector("fasterrcnn_mobilenet_v3_large_320_fpn", 3, anchor_sizes=[[8], [16]])
+
+
+def test_a_real_out_of_memory_error_says_what_to_change():
+    with pytest.raises(RuntimeError) as caught:
+        torch.empty(2**55, dtype=torch.uint8)  # 32 PiB: the CPU allocator refuses
+    problem = explain_failure(caught.value, {"data": {"batch_size": 64, "image_size": 224}})
+    assert problem is not None and problem.__cause__ is caught.value
+    assert "out of memory" in str(problem) and "data.batch_size (now 64)" in str(problem)
+
+
+class DiesInWorker(Sized):
+    def __getitem__(self, key):
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def test_a_killed_data_loader_worker_says_what_to_change():
+    loader = DataLoader(DiesInWorker(4), num_workers=1)
+    with pytest.raises(RuntimeError) as caught:
+        next(iter(loader))
+    problem = explain_failure(caught.value, {"data": {"num_workers": 1}})
+    assert problem is not None and "data-loading worker died" in str(problem)
+    assert "data.num_workers=0" in str(problem)
+    assert explain_failure(ValueError("an ordinary bug")) is None
+
+
+def test_the_lock_is_exclusive_names_its_holder_and_dies_with_its_process(tmp_path):
+    project = tmp_path / "project"
+    project.mkdir()
+    first = RunLock(str(project), "cpu", tmp_path / "locks")
+    first.acquire(tmp_path / "runs" / "a", "run-a")
+    with pytest.raises(AistudioError, match=r"(?s)another training run is active.*runs/a.*run-a"):
+        RunLock(str(project / "dataset.json"), "cpu", tmp_path / "locks").acquire(tmp_path / "runs" / "b", "b")
+    RunLock(str(project), "gpu", tmp_path / "locks").acquire(tmp_path / "runs" / "c", "c")  # other devices
+    first.release()
+    RunLock(str(project), "cpu", tmp_path / "locks").acquire(tmp_path / "runs" / "d", "d")
+
+    # a holder killed with SIGKILL leaves its files behind, and the lock is free at once
+    other = tmp_path / "other"
+    other.mkdir()
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time; from aistudio.runs.lock import RunLock; "
+        f"RunLock({str(other)!r}, 'cpu', {str(tmp_path / 'locks')!r}).acquire('x', 'x'); "
+        "print('held', flush=True); time.sleep(60)")], stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "held"
+    with pytest.raises(AistudioError):
+        RunLock(str(other), "cpu", tmp_path / "locks").acquire("y", "y")
+    holder.kill()
+    holder.wait()
+    RunLock(str(other), "cpu", tmp_path / "locks").acquire("z", "z")
