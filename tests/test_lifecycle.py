@@ -150,7 +150,8 @@ def test_sigterm_mid_epoch_saves_last_ckpt_and_the_resumed_run_matches(tmp_path,
     assert process.returncode == 128 + signal.SIGTERM, stderr[-3000:]
     assert "Stopped by SIGTERM" in stderr
     record = load_run(run_dir)
-    assert record["status"] == "interrupted" and "SIGTERM" in record["error"]["message"]
+    assert record["status"] == "interrupted"
+    assert "stopped by SIGTERM" in record["error"]["message"] and "last.ckpt saved there" in record["error"]["message"]
     checkpoint = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
     assert checkpoint["global_step"] > 0 and "aistudio_resume" in checkpoint
 
@@ -207,6 +208,23 @@ def test_a_nan_loss_fails_the_run_naming_step_and_batch(tmp_path, color_project)
     assert skipped.returncode == 1 and "20 batches in a row were skipped" in skipped.stderr
     log = (tmp_path / "skip" / "logs" / "training.log").read_text()
     assert log.count("batch skipped (task.module.non_finite_loss=skip)") == 20
+
+
+@pytest.mark.parametrize(("override", "message"), [
+    ("+optimizer.momentum=0.9 optimizer=adam", "optimizer.momentum: Adam takes no argument 'momentum'"),
+    ("+trainer.max_epoch=3", "trainer.max_epoch: Trainer takes no argument 'max_epoch' (did you mean max_epochs"),
+    ("model.name=resnet19 model=torchvision", "model.name='resnet19' is not a torchvision classification model"),
+    ("+model.dropout_rate=0.2", "unexpected keyword argument 'dropout_rate'"),
+])
+def test_config_mistakes_are_one_line_and_nothing_is_built(tmp_path, color_project, override, message):
+    run_dir = tmp_path / "run"
+    result = run_train(["data=project", f"data.project={color_project}", *FAST_TRAIN, *override.split(),
+                        f"hydra.run.dir={run_dir}"], tmp_path)
+    assert result.returncode == 1
+    errors = [line for line in result.stderr.splitlines() if line.startswith("Error")]
+    assert len(errors) == 1 and message in errors[0], result.stderr[-2000:]
+    assert "Traceback" not in result.stderr
+    assert load_run(run_dir)["status"] == "failed" and not (run_dir / "checkpoints").exists()
 
 
 @pytest.mark.parametrize("damage", ["truncated_png", "corrupt_jpeg"])

@@ -6,6 +6,7 @@ so config mistakes are reported in a fraction of a second and every run leaves a
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
 from pathlib import Path
@@ -15,6 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from aistudio import AistudioError, user_error
+from aistudio.config_checks import check_config
 from aistudio.runs.atomic import atomic_write_json, read_json
 from aistudio.runs.failures import explain_failure
 from aistudio.runs.heartbeat import Heartbeat
@@ -113,18 +115,20 @@ def run_training(cfg: DictConfig, run_dir: Path, overrides: list[str] | None = N
     log.info("run directory: %s", run_dir)
     try:
         config = resolve_config(cfg)
+        check_config(config)  # unknown model name, optimizer/trainer arguments: one line, nothing built yet
         if record:
             record.update(monitor={"metric": config["task"]["monitor"], "mode": config["task"]["mode"]},
                           data_project=str(config["data"].get("project")))
             atomic_write_json(run_dir / CONFIG_FILE, config)
             lock = _acquire_lock(cfg, config, run_dir, record)
         interval = float(cfg.get("heartbeat_s") or HEARTBEAT_INTERVAL_S)
-        with Heartbeat(record, interval) if record else _nothing():
+        with Heartbeat(record, interval) if record else contextlib.nullcontext():
             return _fit_and_test(cfg, config, run_dir, record, checkpoint, signals)
     except TrainingStopped as stop:
         log.warning("run interrupted: %s", stop)
         if record:
-            record.mark_interrupted(f"{stop} (last.ckpt saved at the stop)" if stop.signum else str(stop))
+            saved = f" ({signals.saved_checkpoint.name} saved there)" if signals.saved_checkpoint else ""
+            record.mark_interrupted(f"{stop}{saved}")
         raise
     except KeyboardInterrupt:
         if record:
@@ -160,14 +164,6 @@ def _data_settings(cfg: DictConfig) -> dict[str, Any]:
         except Exception:  # noqa: BLE001 - an unresolvable value just is not quoted
             settings[key] = "?"
     return {"data": settings}
-
-
-class _nothing:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> None:
-        return None
 
 
 def _acquire_lock(cfg: DictConfig, config: dict[str, Any], run_dir: Path, record: RunRecord) -> RunLock | None:

@@ -15,6 +15,11 @@ def available_classifiers() -> list[str]:
     return models.list_models(module=models)
 
 
+# what config checks (aistudio.config_checks) validate model.name against, before anything is built
+available_models = available_classifiers
+MODEL_KIND = "classification"
+
+
 def build_classifier(name: str, num_classes: int | None, weights: str | None = None, in_channels: int = 3,
                      **kwargs: Any) -> Any:
     """Build a torchvision classifier with ``num_classes`` outputs and ``in_channels`` inputs.

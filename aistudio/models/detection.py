@@ -27,6 +27,11 @@ def available_detectors() -> list[str]:
     return models.list_models(module=models.detection)
 
 
+# what config checks (aistudio.config_checks) validate model.name against, before anything is built
+available_models = available_detectors
+MODEL_KIND = "detection"
+
+
 def _backbone_weights(name: str, weights_backbone: str) -> Any:
     """``DEFAULT`` / ``IMAGENET1K_V1`` (of the builder's own backbone family) or a full enum name."""
     import torchvision.models as models

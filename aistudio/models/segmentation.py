@@ -20,6 +20,11 @@ def available_segmenters() -> list[str]:
     return models.list_models(module=models.segmentation)
 
 
+# what config checks (aistudio.config_checks) validate model.name against, before anything is built
+available_models = available_segmenters
+MODEL_KIND = "segmentation"
+
+
 def build_segmenter(name: str, num_classes: int | None, weights: str | None = None,
                     weights_backbone: str | None = None, in_channels: int = 3, aux_loss: bool | None = None,
                     **kwargs: Any) -> Any:

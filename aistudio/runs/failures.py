@@ -1,11 +1,12 @@
-"""Turn resource failures that are not the user's typo into one actionable message.
+"""Turn failures into one actionable message: out-of-memory (CUDA or the CPU allocator), data-loader
+worker deaths, and config keys a builder passes on to a constructor that does not take them.
 
-Out-of-memory (CUDA or the CPU allocator) and data-loader worker deaths otherwise end a run in a
-long traceback whose first line does not say what to change.
+Otherwise each ends a run in a long traceback whose first line does not say what to change.
 """
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from aistudio import AistudioError
@@ -22,10 +23,28 @@ def _chain(error: BaseException | None) -> list[BaseException]:
     return seen
 
 
+def _unexpected_argument(chain: list[BaseException]) -> AistudioError | None:
+    """A config key a ``_target_`` does not take (builders that pass ``**kwargs`` on to torchvision)."""
+    typo = next((c for c in chain if isinstance(c, TypeError) and "unexpected keyword argument" in str(c)), None)
+    if typo is None:
+        return None
+    targets = re.findall(r"Error in call to target '([^']+)'", " ".join(str(c) for c in chain))
+    where = f" (building {targets[-1]})" if targets else ""
+    argument = re.search(r"argument '([^']+)'", str(typo))
+    name = argument.group(1) if argument else "?"
+    return AistudioError(f"{typo}{where} — the config passes {name!r} to something that does not take it: remove it "
+                         f"(e.g. ~model.{name} when it was added with +model.{name}=...)")
+
+
 def explain_failure(error: BaseException, config: dict[str, Any] | None = None) -> AistudioError | None:
     """An :class:`AistudioError` (caused by ``error``) for OOM and worker crashes, else None."""
     data = (config or {}).get("data") or {}
-    for cause in _chain(error):
+    chain = _chain(error)
+    typo = _unexpected_argument(chain)
+    if typo is not None:
+        typo.__cause__ = error
+        return typo
+    for cause in chain:
         text = f"{type(cause).__name__}: {cause}".lower()
         first = str(cause).strip().splitlines()[0] if str(cause).strip() else type(cause).__name__
         if any(marker in text for marker in _OOM_MARKERS) or type(cause).__name__ == "OutOfMemoryError":

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import signal
 import threading
+from pathlib import Path
 from types import FrameType
 from typing import Any
 
@@ -38,6 +39,7 @@ class StopSignals:
     def __init__(self) -> None:
         self.received: int | None = None
         self.deferred = False
+        self.saved_checkpoint: Path | None = None  # set by the training loop when it saved at the stop
         self._previous: dict[int, Any] = {}
 
     def install(self) -> None:

@@ -41,5 +41,6 @@ class GracefulStop(Callback):
         if isinstance(exception, TrainingStopped) and trainer.state.fn == "fit" \
                 and not trainer.sanity_checking:
             trainer.save_checkpoint(self.last_checkpoint)
+            self.signals.saved_checkpoint = self.last_checkpoint
             log.info("saved %s at epoch %d, step %d", self.last_checkpoint, trainer.current_epoch,
                      trainer.global_step)
