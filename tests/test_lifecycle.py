@@ -265,7 +265,7 @@ def test_a_run_on_another_host_is_stale_only_when_its_heartbeat_is_overdue(tmp_p
     assert effective_status({**record, "status": "completed"}) == "completed"
 
 
-def test_runs_command_shows_resolves_and_removes_only_failed_runs(tmp_path, color_project):
+def test_runs_command_shows_retries_and_removes_only_failed_runs(tmp_path, color_project):
     ok_dir, bad_dir = tmp_path / "runs" / "ok", tmp_path / "runs" / "bad"
     base = ["data=project", f"data.project={color_project}", *FAST_TRAIN, "trainer.max_epochs=1"]
     assert run_train([*base, f"hydra.run.dir={ok_dir}"], tmp_path).returncode == 0
@@ -273,14 +273,43 @@ def test_runs_command_shows_resolves_and_removes_only_failed_runs(tmp_path, colo
     listing = runs_cli(tmp_path, "list")
     assert listing.returncode == 0
     lines = {line.split()[0]: line for line in listing.stdout.splitlines()[1:]}
-    assert "completed" in lines[load_run(ok_dir)["id"]] and "failed" in lines[load_run(bad_dir)["id"]]
-    shown = runs_cli(tmp_path, "show", load_run(bad_dir)["id"])
+    bad_id = load_run(bad_dir)["id"]
+    assert "completed" in lines[load_run(ok_dir)["id"]] and "failed" in lines[bad_id]
+    shown = runs_cli(tmp_path, "show", bad_id)
     assert shown.returncode == 0 and "ValueError" in shown.stdout
     assert find_run("bad", tmp_path / "runs") == bad_dir.resolve()
     refused = runs_cli(tmp_path, "resume", load_run(ok_dir)["id"])
     assert refused.returncode == 1 and "completed" in refused.stderr
+
+    # retry with the override that fixes it: same directory, attempt 2, the failure kept in history
+    retried = runs_cli(tmp_path, "retry", bad_id, "optimizer.lr=0.01")
+    assert retried.returncode == 0, retried.stderr[-3000:]
+    record = load_run(bad_dir)
+    assert record["status"] == "completed" and record["attempt"] == 2
+    assert record["history"][0]["status"] == "failed" and record["history"][0]["error"]["type"] == "ValueError"
+    assert "optimizer.lr=0.01" in record["overrides"] and "optimizer.lr=-1" not in record["overrides"]
+
+    worse_dir = tmp_path / "runs" / "worse"
+    assert run_train([*base, "optimizer.lr=-2", f"hydra.run.dir={worse_dir}"], tmp_path).returncode == 1
     assert runs_cli(tmp_path, "remove", "ok").returncode == 1 and ok_dir.exists()
     removed = runs_cli(tmp_path, "remove", "--failed")
-    assert removed.returncode == 0 and not bad_dir.exists() and ok_dir.exists()
+    assert removed.returncode == 0 and not worse_dir.exists() and ok_dir.exists() and bad_dir.exists()
     unknown = runs_cli(tmp_path, "show", "no-such-run")
     assert unknown.returncode == 1 and "aistudio runs list" in unknown.stderr
+
+
+def test_the_heartbeat_thread_beats_while_active_and_never_rewrites_a_final_status(tmp_path):
+    from aistudio.runs.heartbeat import Heartbeat
+    from aistudio.runs.record import RunRecord
+
+    record = RunRecord.create(tmp_path / "run")
+    record.mark_running()
+    first = load_run(tmp_path / "run")["heartbeat_at"]
+    with Heartbeat(record, 0.05):
+        time.sleep(0.3)
+        beating = load_run(tmp_path / "run")
+        assert beating["heartbeat_at"] > first and beating["heartbeat_interval_s"] == 0.05
+        record.mark_completed()
+        ended = load_run(tmp_path / "run")["updated_at"]
+        time.sleep(0.2)
+    assert load_run(tmp_path / "run")["updated_at"] == ended  # no beat after the final status
