@@ -3,6 +3,8 @@
 Only Hydra is imported here, so ``--help`` and ``--cfg job`` answer without loading torch.
 """
 
+import os
+
 import hydra
 from omegaconf import DictConfig
 
@@ -10,6 +12,7 @@ from aistudio.cli.resume_args import apply_to_sys_argv
 from aistudio.config import register_resolvers
 
 register_resolvers()
+os.environ.setdefault("AISTUDIO_ENTRY", os.path.abspath(__file__))  # DDP ranks re-run this script
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")

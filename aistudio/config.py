@@ -19,6 +19,22 @@ def run_dir_for(resume: str | None, default: str) -> str:
     return str(path.resolve())
 
 
+def optuna_direction(mode: str) -> str:
+    """A task's ``mode`` (max/min) as Optuna's study direction."""
+    return {"max": "maximize", "min": "minimize"}[str(mode)]
+
+
+def sqlite_url(path: str) -> str:
+    """``sqlite:///<absolute path>`` for a study database, creating its folder (SQLite will not)."""
+    target = Path(str(path)).expanduser().resolve()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{target}"
+
+
 def register_resolvers() -> None:
     if not OmegaConf.has_resolver("aistudio_run_dir"):
         OmegaConf.register_new_resolver("aistudio_run_dir", run_dir_for)
+    if not OmegaConf.has_resolver("aistudio_sqlite"):
+        OmegaConf.register_new_resolver("aistudio_sqlite", sqlite_url)
+    if not OmegaConf.has_resolver("aistudio_direction"):
+        OmegaConf.register_new_resolver("aistudio_direction", optuna_direction)

@@ -7,7 +7,10 @@ so config mistakes are reported in a fraction of a second and every run leaves a
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -115,6 +118,9 @@ def run_training(cfg: DictConfig, run_dir: Path, overrides: list[str] | None = N
     log.info("run directory: %s", run_dir)
     try:
         config = resolve_config(cfg)
+        # every process logs what it trains: DDP ranks must agree (tests compare these lines)
+        digest = hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:16]
+        log.info("process rank %d (pid %d): config sha256 %s", global_rank(), os.getpid(), digest)
         check_config(config)  # unknown model name, optimizer/trainer arguments: one line, nothing built yet
         if record:
             record.update(monitor={"metric": config["task"]["monitor"], "mode": config["task"]["mode"]},
@@ -166,11 +172,18 @@ def _data_settings(cfg: DictConfig) -> dict[str, Any]:
     return {"data": settings}
 
 
-def _acquire_lock(cfg: DictConfig, config: dict[str, Any], run_dir: Path, record: RunRecord) -> RunLock | None:
-    """One active run per project and device set; jobs placed by a scheduler (SLURM) are exempt."""
-    import os
+def _parallel_sweep_job() -> bool:
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
 
-    if not cfg.get("exclusive", True) or os.environ.get("SLURM_JOB_ID"):
+    hydra = HydraConfig.get()
+    return hydra.mode == RunMode.MULTIRUN and "BasicLauncher" not in str(hydra.launcher.get("_target_", ""))
+
+
+def _acquire_lock(cfg: DictConfig, config: dict[str, Any], run_dir: Path, record: RunRecord) -> RunLock | None:
+    """One active run per project and device set. Exempt: jobs placed by a scheduler (SLURM) and jobs of
+    a parallel launcher (joblib), which share the devices because the user asked for parallel jobs."""
+    if not cfg.get("exclusive", True) or os.environ.get("SLURM_JOB_ID") or _parallel_sweep_job():
         return None
     lock = RunLock(config["data"].get("project"), device_set(config.get("hardware") or {}))
     lock.acquire(run_dir, record.data.get("id"))
@@ -205,6 +218,7 @@ def _fit_and_test(cfg: DictConfig, config: dict[str, Any], run_dir: Path, record
     from hydra.utils import instantiate
 
     from aistudio.training.callbacks import RunDirectoryCallback
+    from aistudio.training.ddp_relaunch import distributed_scope, pin_relaunch_to_this_job, relaunches_script
     from aistudio.training.graceful_stop import GracefulStop
     from aistudio.training.resume_state import ResumeState
     from aistudio.training.trainer import build_trainer
@@ -229,19 +243,14 @@ def _fit_and_test(cfg: DictConfig, config: dict[str, Any], run_dir: Path, record
     run_callback = RunDirectoryCallback(run_dir, record, monitor, mode, run_config=config, best_on_tie=ties)
     stop = GracefulStop(signals, run_dir / "checkpoints" / "last.ckpt")
     trainer = build_trainer(cfg, run_callback, extra_callbacks=[ResumeState(), stop])
+    relaunch = global_rank() == 0 and relaunches_script(trainer)
+    if relaunch:
+        pin_relaunch_to_this_job()
     if record:
         record.mark_running()
-    trainer.fit(module, datamodule=datamodule, ckpt_path=str(checkpoint) if checkpoint else None)
-    if trainer.interrupted:
-        raise SystemExit(1)
-    best_path = next((c.best_model_path for c in trainer.checkpoint_callbacks if c.monitor == monitor), "")
-    best = run_callback.best_entry()
-    test_metrics: dict[str, float] = {}
-    if datamodule.has_split("test") and cfg.get("test", True):
-        results = trainer.test(module, datamodule=datamodule, ckpt_path=best_path or None, verbose=False)
-        test_metrics = {k: float(v) for k, v in (results[0] if results else {}).items()}
-        log.info("test (%s): %s", "best checkpoint" if best_path else "final weights",
-                 " ".join(f"{k}={v:.4g}" for k, v in test_metrics.items()))
+    with distributed_scope() if relaunch else contextlib.nullcontext():
+        best_path, best, test_metrics = _fit_then_test(cfg, trainer, module, datamodule, run_callback, monitor,
+                                                       checkpoint)
     objective_name = cfg.get("optimized_metric") or monitor
     objective = best.get(objective_name) if best else None
     if record:
@@ -255,3 +264,20 @@ def _fit_and_test(cfg: DictConfig, config: dict[str, Any], run_dir: Path, record
     log.info("done: best %s=%s (epoch %s); run directory %s", monitor, best and best[monitor],
              best and best["epoch"], run_dir)
     return objective
+
+
+def _fit_then_test(cfg: DictConfig, trainer: Any, module: Any, datamodule: Any, run_callback: Any, monitor: str,
+                   checkpoint: Path | None) -> tuple[str, dict[str, Any] | None, dict[str, float]]:
+    """Fit, then evaluate the best checkpoint on the test split: (best path, best epoch entry, test metrics)."""
+    trainer.fit(module, datamodule=datamodule, ckpt_path=str(checkpoint) if checkpoint else None)
+    if trainer.interrupted:
+        raise SystemExit(1)
+    best_path = next((c.best_model_path for c in trainer.checkpoint_callbacks if c.monitor == monitor), "")
+    best = run_callback.best_entry()
+    test_metrics: dict[str, float] = {}
+    if datamodule.has_split("test") and cfg.get("test", True):
+        results = trainer.test(module, datamodule=datamodule, ckpt_path=best_path or None, verbose=False)
+        test_metrics = {k: float(v) for k, v in (results[0] if results else {}).items()}
+        log.info("test (%s): %s", "best checkpoint" if best_path else "final weights",
+                 " ".join(f"{k}={v:.4g}" for k, v in test_metrics.items()))
+    return best_path, best, test_metrics

@@ -1,0 +1,73 @@
+"""Make Lightning's DDP re-launch of ranks > 0 start *this job*, whatever Hydra mode launched it.
+
+Lightning starts the other ranks as ``python <sys.argv[0]> <sys.argv[1:]> hydra.run.dir=<hydra.run.dir>``.
+Inside a multirun that command is wrong three ways: ``sys.argv`` still holds ``-m`` and the sweep's
+value lists (rank 1 re-runs the whole sweep), Optuna's sampled values are not on it (ranks train
+different hyperparameters), and ``hydra.run.dir`` is the single-run pattern, not the job's folder. In a
+joblib worker ``sys.argv`` is not even train.py. Before fit, rank 0 therefore rewrites them to exactly
+this job: the entry script, the job's own concrete overrides, and the job's output directory.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+log = logging.getLogger("aistudio.train")
+
+ENTRY_ENV = "AISTUDIO_ENTRY"  # train.py's absolute path, set at start-up and inherited by workers
+
+
+def relaunches_script(trainer: Any) -> bool:
+    """Whether fit will start the other ranks by re-running the script (DDP without a cluster launcher)."""
+    from lightning.pytorch.strategies.launchers.subprocess_script import _SubprocessScriptLauncher
+
+    return isinstance(getattr(trainer.strategy, "launcher", None), _SubprocessScriptLauncher)
+
+
+def pin_relaunch_to_this_job() -> list[str]:
+    """Rewrite ``sys.argv``, ``__main__.__spec__`` and ``hydra.run.dir`` for the relaunch; returns the argv."""
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import read_write
+
+    import __main__
+
+    hydra = HydraConfig.get()
+    entry = os.environ.get(ENTRY_ENV) or os.path.abspath(sys.argv[0])
+    argv = [entry, *[str(o) for o in hydra.overrides.task]]
+    sys.argv = argv
+    __main__.__spec__ = None  # a joblib worker's __main__ is joblib's: re-run the script, not that module
+    with read_write(hydra.run):  # HydraConfig is read-only; Lightning reads the relaunch dir from here
+        hydra.run.dir = hydra.runtime.output_dir
+    log.info("DDP: other ranks start as %s (run dir %s)", " ".join(argv), hydra.runtime.output_dir)
+    return argv
+
+
+DISTRIBUTED_ENV = ("MASTER_ADDR", "MASTER_PORT", "NODE_RANK", "LOCAL_RANK", "WORLD_SIZE", "RANK", "PL_GLOBAL_SEED")
+
+
+@contextmanager
+def distributed_scope() -> Iterator[None]:
+    """Leave no DDP state behind for the next job of the same process (a sweep).
+
+    Lightning sets ``LOCAL_RANK=0`` and friends in rank 0's environment and keeps the process group.
+    The next job would then believe its ranks were started externally, launch none, and talk to the
+    previous job's dead rank 1 ("Connection closed by peer").
+    """
+    import torch.distributed as dist
+
+    saved = {key: os.environ.get(key) for key in DISTRIBUTED_ENV}
+    try:
+        yield
+    finally:
+        if dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
