@@ -156,7 +156,8 @@ def test_our_map_equals_pycocotools_cocoeval():
     module = DetectionModule({"_target_": "torch.nn.Identity"}, {"_target_": "torch.optim.SGD", "_partial_": True},
                              class_names=["a", "b", "c"])
     module.val_map.update(preds, gts)
-    ours = module.val_map.compute()
+    module.val_map50.update(preds, gts)
+    ours, ours50 = module.val_map.compute(), module.val_map50.compute()
     truth = COCO()
     truth.dataset = {"images": coco_images, "annotations": coco_anns,
                      "categories": [{"id": i, "name": str(i)} for i in (1, 2, 3)]}
@@ -168,6 +169,11 @@ def test_our_map_equals_pycocotools_cocoeval():
     for index, key in enumerate(("map", "map_50", "map_75", "map_small", "map_medium", "map_large")):
         assert float(ours[key]) == pytest.approx(evaluation.stats[index], abs=1e-6), key
     assert 0.1 < evaluation.stats[1] < 1.0  # a non-trivial case
+    # per-class AP at IoU 0.5 (logged as <stage>_ap50_<class>): COCOeval's precision at that threshold
+    precision = evaluation.eval["precision"][0, :, :, 0, 2]  # [recall, class] at IoU .5, all areas, 100 dets
+    for k, value in enumerate(ours50["map_per_class"].tolist()):
+        column = precision[:, k]
+        assert value == pytest.approx(float(column[column > -1].mean()), abs=1e-6)
 
 
 @pytest.mark.slow
@@ -187,7 +193,7 @@ def test_train_py_detection_tasks_end_to_end(tmp_path, task, model, monitor, ima
     assert run["status"] == "completed" and run["best"]["metric"] == monitor
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert len(metrics) == epochs and monitor in metrics[0] and "train_loss_classifier" in metrics[0]
-    assert {"val_map_50", "val_ap_circle"} <= set(metrics[-1])
+    assert {"val_map_50", "val_ap_circle", "val_ap50_circle"} <= set(metrics[-1])
     assert "test_map" in run["test_metrics"] and (run_dir / "checkpoints" / "best.ckpt").is_file()
     if task == "instance_segmentation":
         assert "train_loss_mask" in metrics[0] and "test_segm_map" in run["test_metrics"]

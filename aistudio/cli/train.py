@@ -73,27 +73,44 @@ def resolve_config(cfg: DictConfig) -> dict[str, Any]:
                             f"fix it on the command line or in conf/ ({key}=...)") from None
 
 
+def slurm_requeued(run_dir: Path) -> bool:
+    """A SLURM job started again after a requeue (preemption, time limit, scontrol requeue): the same
+    run directory already holds this run, to be continued rather than refused."""
+    return int(os.environ.get("SLURM_RESTART_COUNT") or 0) > 0 and (run_dir / "run.json").is_file()
+
+
 def resume_checkpoint(cfg: DictConfig, run_dir: Path) -> Path | None:
-    """The checkpoint to resume from (``resume=<run dir or .ckpt>``), after refusing impossible cases."""
-    if not cfg.get("resume"):
+    """The checkpoint to resume from (``resume=<run dir or .ckpt>``, or a SLURM requeue of this run),
+    after refusing impossible cases."""
+    requeued = slurm_requeued(run_dir)
+    if not cfg.get("resume") and not requeued:
         return None
-    given = Path(str(cfg.resume)).expanduser()
+    reference = cfg.get("resume") or f"{run_dir} (SLURM requeue {os.environ.get('SLURM_RESTART_COUNT')})"
+    given = Path(str(cfg.resume)).expanduser() if cfg.get("resume") else run_dir
     checkpoint = given if given.is_file() else run_dir / "checkpoints" / "last.ckpt"
     previous = read_json(run_dir / "run.json")
     if previous is None:
-        raise AistudioError(f"resume={cfg.resume}: not a run directory (no run.json there) — pass a run's "
+        raise AistudioError(f"resume={reference}: not a run directory (no run.json there) — pass a run's "
                             "directory or its checkpoints/last.ckpt")
-    if previous.get("status") in ("pending", "running") and not stale_reason(previous):
-        raise AistudioError(f"resume={cfg.resume}: that run is still going (pid {previous.get('pid')} on "
+    if previous.get("status") in ("pending", "running") and not stale_reason(previous) and not requeued:
+        raise AistudioError(f"resume={reference}: that run is still going (pid {previous.get('pid')} on "
                             f"{previous.get('host')}) — wait for it or stop it first")
     if previous.get("status") == "completed":
-        raise AistudioError(f"resume={cfg.resume}: that run already completed. To train further, start a "
+        raise AistudioError(f"resume={reference}: that run already completed. To train further, start a "
                             f"new run from its weights: model.weights={run_dir}/checkpoints/best.ckpt")
     if not checkpoint.is_file():  # stopped before its first checkpoint: a retry starts over, same directory
         log.warning("resume=%s: no checkpoint at %s — training again from the start in the same run directory",
-                    cfg.resume, checkpoint)
+                    reference, checkpoint)
         return None
     return checkpoint
+
+
+def slurm_fields() -> dict[str, Any]:
+    """The SLURM job behind this run (empty outside SLURM): which job, array task, attempt and node."""
+    keys = {"job_id": "SLURM_JOB_ID", "array_job_id": "SLURM_ARRAY_JOB_ID", "array_task_id": "SLURM_ARRAY_TASK_ID",
+            "restart_count": "SLURM_RESTART_COUNT", "node": "SLURMD_NODENAME", "partition": "SLURM_JOB_PARTITION"}
+    found = {name: os.environ[key] for name, key in keys.items() if os.environ.get(key)}
+    return {"slurm": found} if found else {}
 
 
 def run_training(cfg: DictConfig, run_dir: Path, overrides: list[str] | None = None) -> float | None:
@@ -108,12 +125,13 @@ def run_training(cfg: DictConfig, run_dir: Path, overrides: list[str] | None = N
     record: RunRecord | None = None
     lock: RunLock | None = None
     if global_rank() == 0:
-        if checkpoint is None and (run_dir / "run.json").exists() and not cfg.get("resume"):
+        if checkpoint is None and (run_dir / "run.json").exists() and not cfg.get("resume") \
+                and not slurm_requeued(run_dir):
             raise AistudioError(f"{run_dir} already holds a run; choose another hydra.run.dir or resume={run_dir}")
         record = RunRecord.create(
             run_dir, overrides=overrides or [], task=OmegaConf.select(cfg, "task.name", default=None),
             model=OmegaConf.select(cfg, "model.name", default=None),
-            resumed_from=str(checkpoint) if checkpoint else None)
+            resumed_from=str(checkpoint) if checkpoint else None, **slurm_fields())
     logging.captureWarnings(True)
     log.info("run directory: %s", run_dir)
     try:
@@ -135,6 +153,7 @@ def run_training(cfg: DictConfig, run_dir: Path, overrides: list[str] | None = N
         if record:
             saved = f" ({signals.saved_checkpoint.name} saved there)" if signals.saved_checkpoint else ""
             record.mark_interrupted(f"{stop}{saved}")
+        signals.forward(stop.signum)  # under submitit: its handler requeues the job (and exits)
         raise
     except KeyboardInterrupt:
         if record:

@@ -11,6 +11,7 @@ from typing import Any
 from aistudio import AistudioError
 from aistudio.models.classification import adapt_input_channels, replace_heads
 from aistudio.models.names import check_name_and_classes
+from aistudio.models.norm import set_bn_momentum
 from aistudio.models.weights import is_weights_file, load_weights_file, resolve_torchvision_weights
 
 
@@ -27,13 +28,14 @@ MODEL_KIND = "segmentation"
 
 def build_segmenter(name: str, num_classes: int | None, weights: str | None = None,
                     weights_backbone: str | None = None, in_channels: int = 3, aux_loss: bool | None = None,
-                    **kwargs: Any) -> Any:
+                    bn_momentum: float | None = None, **kwargs: Any) -> Any:
     """Build ``name`` with ``num_classes`` output channels; its forward returns ``{"out": ..., "aux": ...}``.
 
     ``weights``: null, a torchvision name (the whole model, from the local hub cache; heads that do
     not fit ``num_classes`` are re-initialised) or a local file. ``weights_backbone``: null, a
     torchvision name for the backbone (e.g. ``IMAGENET1K_V1``) or a local file for ``model.backbone``.
     ``aux_loss``: add the auxiliary head (deeplabv3/fcn; null = torchvision's default).
+    ``bn_momentum``: BatchNorm running-statistics momentum (see :func:`aistudio.models.norm.set_bn_momentum`).
     """
     import torchvision.models as models
 
@@ -61,7 +63,7 @@ def build_segmenter(name: str, num_classes: int | None, weights: str | None = No
         load_weights_file(model.backbone, weights_backbone)
     if in_channels != 3:
         adapt_input_channels(model, in_channels)
-    return model
+    return set_bn_momentum(model, bn_momentum)
 
 
 def _backbone_weights(name: str, weights_backbone: str) -> Any:

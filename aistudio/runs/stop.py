@@ -18,6 +18,9 @@ from typing import Any
 log = logging.getLogger("aistudio.train")
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)
+# SIGUSR2 is submitit's "time limit / preemption ahead" signal; it is taken over only when submitit set
+# a handler, which then still requeues the job, after last.ckpt was saved
+FORWARDED_SIGNALS = (signal.SIGUSR2,)
 
 
 class TrainingStopped(Exception):
@@ -47,6 +50,9 @@ class StopSignals:
             return  # signal handlers can only be set from the main thread (e.g. thread-based launchers)
         for signum in STOP_SIGNALS:
             self._previous[signum] = signal.signal(signum, self._handle)
+        for signum in FORWARDED_SIGNALS:
+            if callable(signal.getsignal(signum)):
+                self._previous[signum] = signal.signal(signum, self._handle)
 
     def restore(self) -> None:
         for signum, handler in self._previous.items():
@@ -61,6 +67,12 @@ class StopSignals:
             raise TrainingStopped(signum)
         log.warning("received %s: stopping after the current batch and saving last.ckpt (Ctrl-C again to "
                     "stop at once)", signal.Signals(signum).name)
+
+    def forward(self, signum: int) -> None:
+        """Hand a signal to the handler that was there before (submitit's requeue), if it is one we took."""
+        previous = self._previous.get(signum)
+        if signum in FORWARDED_SIGNALS and callable(previous):
+            previous(signum, None)
 
     def check(self, where: str) -> None:
         if self.received is not None:

@@ -2,7 +2,8 @@
 
 Training uses the model's own loss dict (each term logged); validation and test run predictions
 through torchmetrics' MeanAveragePrecision (faster_coco_eval backend): ``{stage}_map``, ``_map_50``,
-``_map_75``, ``_mar_100``, per-class ``{stage}_ap_<class>``, and for masks the same with ``segm_``.
+``_map_75``, ``_mar_100``, per class ``{stage}_ap_<class>`` (IoU 0.50:0.95) and ``{stage}_ap50_<class>``
+(IoU 0.50), and for masks the same with ``segm_``.
 There is no validation loss (torchvision detectors return predictions in eval mode), which is why
 the monitored metric lives in the task config (``val_map``).
 """
@@ -41,14 +42,15 @@ class DetectionModule(TaskModule):
                          non_finite_loss)
         self.iou_types = tuple(iou_types)
         self.mask_threshold = mask_threshold
-        self.val_map = self._map()
-        self.test_map = self._map()
+        self.val_map, self.val_map50 = self._map(), self._map(iou_thresholds=[0.5])
+        self.test_map, self.test_map50 = self._map(), self._map(iou_thresholds=[0.5])
 
-    def _map(self) -> MeanAveragePrecision:
+    def _map(self, iou_thresholds: list[float] | None = None) -> MeanAveragePrecision:
         # COCO's own thresholds in float64: torchmetrics' defaults are float32 (0.550000012, 0.699999988...),
-        # which moves recall points that fall exactly on a threshold and makes mAP differ from COCOeval
+        # which moves recall points that fall exactly on a threshold and makes mAP differ from COCOeval.
+        # A second metric at IoU 0.5 alone gives per-class AP@0.5 (VOC-style), which COCO's summary lacks.
         return MeanAveragePrecision(box_format="xyxy", iou_type=self.iou_types, class_metrics=True,
-                                    backend="faster_coco_eval", iou_thresholds=COCO_IOU_THRESHOLDS,
+                                    backend="faster_coco_eval", iou_thresholds=iou_thresholds or COCO_IOU_THRESHOLDS,
                                     rec_thresholds=COCO_RECALL_THRESHOLDS)
 
     def head_parameter_names(self) -> set[str]:
@@ -79,15 +81,26 @@ class DetectionModule(TaskModule):
 
     def validation_step(self, batch: Any, batch_idx: int) -> None:
         images, targets = batch
-        self.val_map.update(self._predictions(images), self._targets(targets))
+        predictions, targets = self._predictions(images), self._targets(targets)
+        self.val_map.update(predictions, targets)
+        self.val_map50.update(predictions, targets)
 
     def test_step(self, batch: Any, batch_idx: int) -> None:
         images, targets = batch
-        self.test_map.update(self._predictions(images), self._targets(targets))
+        predictions, targets = self._predictions(images), self._targets(targets)
+        self.test_map.update(predictions, targets)
+        self.test_map50.update(predictions, targets)
 
-    def _log_map(self, metric: MeanAveragePrecision, stage: str) -> None:
-        result = metric.compute()
+    def _per_class(self, result: dict[str, torch.Tensor], source: str, stage: str, name: str) -> None:
+        present = result["classes"].flatten().tolist()
+        for value, label in zip(result[f"{source}map_per_class"].flatten().tolist(), present):
+            if 1 <= label <= len(self.class_names):
+                self.log(f"{stage}_{name}_{_metric_name(self.class_names[label - 1])}", float(value))
+
+    def _log_map(self, metric: MeanAveragePrecision, metric50: MeanAveragePrecision, stage: str) -> None:
+        result, result50 = metric.compute(), metric50.compute()
         metric.reset()
+        metric50.reset()
         several = len(self.iou_types) > 1  # torchmetrics then prefixes every key with the iou type
         for iou_type in self.iou_types:
             prefix = "segm_" if iou_type == "segm" else ""
@@ -95,17 +108,14 @@ class DetectionModule(TaskModule):
             for name in ("map", "map_50", "map_75", "map_small", "map_medium", "map_large", "mar_1", "mar_10",
                          "mar_100"):
                 self.log(f"{stage}_{prefix}{name}", result[f"{source}{name}"].float(), prog_bar=name == "map")
-            per_class = result[f"{source}map_per_class"].flatten()
-            present = result["classes"].flatten().tolist()
-            for value, label in zip(per_class.tolist(), present):
-                if 1 <= label <= len(self.class_names):
-                    self.log(f"{stage}_{prefix}ap_{_metric_name(self.class_names[label - 1])}", float(value))
+            self._per_class(result, source, stage, f"{prefix}ap")  # AP over IoU 0.50:0.95
+            self._per_class(result50, source, stage, f"{prefix}ap50")  # AP at IoU 0.50
 
     def on_validation_epoch_end(self) -> None:
-        self._log_map(self.val_map, "val")
+        self._log_map(self.val_map, self.val_map50, "val")
 
     def on_test_epoch_end(self) -> None:
-        self._log_map(self.test_map, "test")
+        self._log_map(self.test_map, self.test_map50, "test")
 
     def predict_step(self, batch: Any, batch_idx: int) -> list[dict[str, torch.Tensor]]:
         images = batch[0] if isinstance(batch, (tuple, list)) and isinstance(batch[0], list) else batch
