@@ -46,6 +46,10 @@ def test_training_order_and_augmentation_seeds_depend_on_seed_and_epoch_only():
     first.skip_next(16)
     assert keys(first, 2) == full[16:]
     assert keys(first, 2) == full  # only the next pass
+    # with batches, the pipeline is re-seeded at each batch's first sample only
+    batched = EpochShuffleSampler(data, seed=3, batch_size=8)
+    seeds = [seed for _, seed in keys(batched, 0)]
+    assert all((seed is not None) == (position % 8 == 0) for position, seed in enumerate(seeds))
 
 
 def test_ranks_take_disjoint_shards_of_the_same_permutation():

@@ -112,7 +112,8 @@ class ProjectDataModule(pl.LightningDataModule):
             drop_last = True
         # training: order and augmentation seeds from (seed, epoch) alone, so a resumed run sees
         # exactly what the uninterrupted run would have seen (see aistudio/data/sampling.py)
-        sampler = EpochShuffleSampler(self._datasets[split], seed=self.seed, drop_last=False) if shuffle else None
+        sampler = (EpochShuffleSampler(self._datasets[split], seed=self.seed, batch_size=self.batch_size)
+                   if shuffle else None)
         return DataLoader(
             self._datasets[split],
             batch_size=self.batch_size if split == "train" else self.eval_batch_size,
