@@ -210,3 +210,15 @@ def test_membrane_recipe_takes_the_project_from_config(compose_cfg, monkeypatch,
     with pytest.raises(Exception) as info:
         instantiate(compose_cfg("experiment=membrane").data)
     assert "data.project is not set" in str(user_error(info.value))
+
+
+def test_bn_momentum_reaches_every_batchnorm_of_a_mobilenet_segmenter():
+    import torch
+
+    from aistudio.models.segmentation import build_segmenter
+
+    default = build_segmenter("lraspp_mobilenet_v3_large", 2)
+    tuned = build_segmenter("lraspp_mobilenet_v3_large", 2, bn_momentum=0.1)
+    norms = [m for m in tuned.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert norms and all(m.momentum == 0.1 for m in norms)
+    assert {m.momentum for m in default.modules() if isinstance(m, torch.nn.BatchNorm2d)} == {0.01}

@@ -8,6 +8,8 @@ import re
 import sqlite3
 from pathlib import Path
 
+import pytest
+
 from aistudio.runs.record import load_run
 from tests.helpers import FAST_TRAIN, run_train
 
@@ -101,6 +103,20 @@ def test_joblib_runs_jobs_in_parallel_processes(tmp_path, color_project):
     assert json.loads((sweep / "sweep.json").read_text())["status"] == "completed"
 
 
+def rank_digests(run_dir: Path) -> dict[str, str]:
+    log = (run_dir / "logs" / "training.log").read_text()
+    return dict(re.findall(r"process rank (\d) \(pid \d+\): config sha256 (\w+)", log))
+
+
+def assert_one_ddp_run(run_dir: Path, epochs: int) -> str:
+    """A completed run trained by both ranks on one config; returns that config's digest."""
+    assert load_run(run_dir)["status"] == "completed"
+    assert [m["epoch"] for m in json.loads((run_dir / "metrics.json").read_text())] == list(range(epochs))
+    ranks = rank_digests(run_dir)
+    assert set(ranks) == {"0", "1"} and ranks["0"] == ranks["1"], ranks  # both ranks trained this job's config
+    return ranks["0"]
+
+
 def test_ddp_inside_a_multirun_trains_each_job_once_with_both_ranks_on_the_same_config(tmp_path, color_project):
     sweep = tmp_path / "sweep"
     result = run_train(["-m", "data=project", f"data.project={color_project}", *TINY, "hardware=cpu_ddp",
@@ -108,14 +124,28 @@ def test_ddp_inside_a_multirun_trains_each_job_once_with_both_ranks_on_the_same_
     assert result.returncode == 0, result.stderr[-3000:]
     dirs = job_dirs(sweep)
     assert len(dirs) == 2 and not (tmp_path / "runs").exists()  # no stray run directory from rank 1
-    digests = []
-    for run_dir in dirs:
-        run = load_run(run_dir)
-        assert run["status"] == "completed"
-        assert [m["epoch"] for m in json.loads((run_dir / "metrics.json").read_text())] == [0, 1]
-        log = (run_dir / "logs" / "training.log").read_text()
-        ranks = dict(re.findall(r"process rank (\d) \(pid \d+\): config sha256 (\w+)", log))
-        assert set(ranks) == {"0", "1"} and ranks["0"] == ranks["1"]  # both ranks trained this job's config
-        digests.append(ranks["0"])
-        assert not (run_dir / ".hydra" / "config.yaml").read_text().count("train_ddp_process")
+    digests = [assert_one_ddp_run(run_dir, 2) for run_dir in dirs]
     assert digests[0] != digests[1]  # and each job its own (seed 1 vs 2)
+    assert "train_ddp_process" not in (dirs[0] / ".hydra" / "config.yaml").read_text()
+
+
+@pytest.mark.parametrize("mode", ["single", "optuna", "joblib"])
+def test_ddp_in_a_single_run_an_optuna_and_a_joblib_sweep(tmp_path, color_project, mode):
+    base = ["data=project", f"data.project={color_project}", *TINY, "hardware=cpu_ddp"]
+    if mode == "single":
+        result = run_train([*base, f"hydra.run.dir={tmp_path / 'run'}"], tmp_path, timeout=600)
+        dirs = [tmp_path / "run"]
+    else:
+        extra = tmp_path / "conf" / "hparams_search"
+        extra.mkdir(parents=True)
+        (extra / "tiny.yaml").write_text(TINY_SEARCH)
+        launch = (["hparams_search=tiny", f"hydra.searchpath=[file://{tmp_path / 'conf'}]", "hydra.sweeper.n_trials=2"]
+                  if mode == "optuna" else ["hydra/launcher=parallel", "seed=1,2"])
+        result = run_train(["-m", *launch, *base, f"hydra.sweep.dir={tmp_path / 'sweep'}"], tmp_path, timeout=600)
+        dirs = job_dirs(tmp_path / "sweep")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert len(dirs) == (1 if mode == "single" else 2)
+    for run_dir in dirs:
+        assert_one_ddp_run(run_dir, 1)
+    strays = [p.name for p in (tmp_path / "runs").iterdir()] if (tmp_path / "runs").exists() else []
+    assert strays in ([], ["optuna.db"])  # rank 1 never started a run (or a search) of its own

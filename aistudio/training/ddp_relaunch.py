@@ -17,6 +17,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+from aistudio.cli.resume_args import override_key
+
 log = logging.getLogger("aistudio.train")
 
 ENTRY_ENV = "AISTUDIO_ENTRY"  # train.py's absolute path, set at start-up and inherited by workers
@@ -38,7 +40,12 @@ def pin_relaunch_to_this_job() -> list[str]:
 
     hydra = HydraConfig.get()
     entry = os.environ.get(ENTRY_ENV) or os.path.abspath(sys.argv[0])
-    argv = [entry, *[str(o) for o in hydra.overrides.task]]
+    # the job's Hydra overrides too (hydra.searchpath finds configs outside conf/), except those the
+    # relaunch sets itself; hydra.mode=RUN: a config that turns multirun on by itself
+    # (hparams_search=optuna) must not make rank 1 start a search of its own
+    own = ("hydra.run.dir", "hydra.mode", "hydra.output_subdir", "hydra.job.name")
+    hydra_overrides = [str(o) for o in hydra.overrides.hydra if not override_key(str(o)).startswith(own)]
+    argv = [entry, *hydra_overrides, *[str(o) for o in hydra.overrides.task], "hydra.mode=RUN"]
     sys.argv = argv
     __main__.__spec__ = None  # a joblib worker's __main__ is joblib's: re-run the script, not that module
     with read_write(hydra.run):  # HydraConfig is read-only; Lightning reads the relaunch dir from here
