@@ -121,7 +121,6 @@ def run_training(cfg: DictConfig, run_dir: Path, overrides: list[str] | None = N
     """
     checkpoint = resume_checkpoint(cfg, run_dir)  # refusals here leave the resumed run untouched
     signals = StopSignals()
-    signals.install()
     record: RunRecord | None = None
     lock: RunLock | None = None
     if global_rank() == 0:
@@ -134,6 +133,7 @@ def run_training(cfg: DictConfig, run_dir: Path, overrides: list[str] | None = N
             resumed_from=str(checkpoint) if checkpoint else None, **slurm_fields())
     logging.captureWarnings(True)
     log.info("run directory: %s", run_dir)
+    signals.install()  # restored in `finally`, whatever happens from here on
     try:
         config = resolve_config(cfg)
         # every process logs what it trains: DDP ranks must agree (tests compare these lines)
