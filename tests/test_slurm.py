@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import threading
@@ -130,3 +131,22 @@ def test_a_requeued_job_resumes_from_last_ckpt_in_the_same_run_directory(tmp_pat
     assert run["resumed_from"] == str((sweep / "0" / "checkpoints" / "last.ckpt").resolve())
     assert [m["epoch"] for m in json.loads(metrics.read_text())] == list(range(epochs))
     assert sacct_states(cluster, job)[job] == "COMPLETED"
+
+
+def test_ddp_on_slurm_runs_one_task_per_rank_and_relaunches_nothing(tmp_path, cluster, monkeypatch):
+    for key in ("SLURM_CONF", "OMP_NUM_THREADS"):
+        monkeypatch.setenv(key, cluster[key])
+    project = make_color_project(tmp_path / "colors")
+    sweep = tmp_path / "sweep"
+    result = run_train([*slurm_args(sweep), "data=project", f"data.project={project}", *FAST_TRAIN,
+                        "hardware=cpu_ddp", "data.image_size=16", "trainer.max_epochs=2"], tmp_path, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    script = next((sweep / ".submitit").glob("*/*_submission.sh")).read_text()
+    assert "--ntasks-per-node=2" in script  # tasks per node = the hardware group's devices
+    run = load_run(sweep / "0")
+    assert run["status"] == "completed" and not (tmp_path / "runs").exists()
+    log = (sweep / "0" / "logs" / "training.log").read_text()
+    ranks = dict(re.findall(r"process rank (\d) \(pid \d+\): config sha256 (\w+)", log))
+    assert set(ranks) == {"0", "1"} and ranks["0"] == ranks["1"]
+    assert "other ranks start as" not in log  # SLURM started both ranks; Lightning re-launched none
+    assert [m["epoch"] for m in json.loads((sweep / "0" / "metrics.json").read_text())] == [0, 1]

@@ -26,7 +26,7 @@ from aistudio.runs.heartbeat import Heartbeat
 from aistudio.runs.lock import RunLock, device_set
 from aistudio.runs.rank import global_rank
 from aistudio.runs.record import HEARTBEAT_INTERVAL_S, RunRecord, stale_reason
-from aistudio.runs.stop import StopSignals, TrainingStopped
+from aistudio.runs.stop import StopSignals, TrainingStopped, stopped_by
 
 log = logging.getLogger("aistudio.train")
 
@@ -148,22 +148,25 @@ def run_training(cfg: DictConfig, run_dir: Path, overrides: list[str] | None = N
         interval = float(cfg.get("heartbeat_s") or HEARTBEAT_INTERVAL_S)
         with Heartbeat(record, interval) if record else contextlib.nullcontext():
             return _fit_and_test(cfg, config, run_dir, record, checkpoint, signals)
-    except TrainingStopped as stop:
-        log.warning("run interrupted: %s", stop)
-        if record:
-            saved = f" ({signals.saved_checkpoint.name} saved there)" if signals.saved_checkpoint else ""
-            record.mark_interrupted(f"{stop}{saved}")
-        signals.forward(stop.signum)  # under submitit: its handler requeues the job (and exits)
-        raise
-    except KeyboardInterrupt:
-        if record:
-            record.mark_interrupted("KeyboardInterrupt")
-        raise
-    except SystemExit as exit_:
-        if record and record.status == "running":
-            record.mark_interrupted(f"training stopped (exit code {exit_.code}), e.g. Ctrl-C")
-        raise
     except BaseException as err:
+        stop = stopped_by(err)
+        if stop is not None:  # during start-up it may arrive inside an import that Hydra wraps in its own error
+            log.warning("run interrupted: %s", stop)
+            if record:
+                saved = f" ({signals.saved_checkpoint.name} saved there)" if signals.saved_checkpoint else ""
+                record.mark_interrupted(f"{stop}{saved}")
+            signals.forward(stop.signum)  # under submitit: its handler requeues the job (and exits)
+            if stop is err:
+                raise
+            raise stop from err
+        if isinstance(err, KeyboardInterrupt):
+            if record:
+                record.mark_interrupted("KeyboardInterrupt")
+            raise
+        if isinstance(err, SystemExit):
+            if record and record.status == "running":
+                record.mark_interrupted(f"training stopped (exit code {err.code}), e.g. Ctrl-C")
+            raise
         problem = user_error(err) or explain_failure(err, _data_settings(cfg))
         if problem is not None:
             log.error("run failed: %s", problem)

@@ -36,6 +36,18 @@ class TrainingStopped(Exception):
         return 128 + self.signum
 
 
+def stopped_by(error: BaseException | None) -> TrainingStopped | None:
+    """The stop signal behind ``error``, if any (Hydra wraps exceptions raised inside ``_target_`` calls,
+    and a signal during start-up can arrive inside one)."""
+    seen: list[BaseException] = []
+    while error is not None and all(error is not e for e in seen):
+        if isinstance(error, TrainingStopped):
+            return error
+        seen.append(error)
+        error = error.__cause__ or error.__context__
+    return None
+
+
 class StopSignals:
     """Signal handlers for one run; ``deferred`` while the training loop can stop at a batch boundary."""
 
@@ -48,11 +60,12 @@ class StopSignals:
     def install(self) -> None:
         if threading.current_thread() is not threading.main_thread():
             return  # signal handlers can only be set from the main thread (e.g. thread-based launchers)
-        for signum in STOP_SIGNALS:
-            self._previous[signum] = signal.signal(signum, self._handle)
-        for signum in FORWARDED_SIGNALS:
-            if callable(signal.getsignal(signum)):
-                self._previous[signum] = signal.signal(signum, self._handle)
+        for signum in (*STOP_SIGNALS, *FORWARDED_SIGNALS):
+            if signum in FORWARDED_SIGNALS and signum not in self._previous and not callable(signal.getsignal(signum)):
+                continue  # nobody to forward to (not under submitit): leave SIGUSR2 alone
+            previous = signal.signal(signum, self._handle)
+            if previous != self._handle:  # installed again at train start: keep the handler from before
+                self._previous.setdefault(signum, previous)
 
     def restore(self) -> None:
         for signum, handler in self._previous.items():

@@ -28,7 +28,10 @@ def relaunches_script(trainer: Any) -> bool:
     """Whether fit will start the other ranks by re-running the script (DDP without a cluster launcher)."""
     from lightning.pytorch.strategies.launchers.subprocess_script import _SubprocessScriptLauncher
 
-    return isinstance(getattr(trainer.strategy, "launcher", None), _SubprocessScriptLauncher)
+    launcher = getattr(trainer.strategy, "launcher", None)
+    environment = getattr(trainer.strategy, "cluster_environment", None)
+    external = bool(environment is not None and environment.creates_processes_externally)  # SLURM tasks, torchrun
+    return isinstance(launcher, _SubprocessScriptLauncher) and not external
 
 
 def pin_relaunch_to_this_job() -> list[str]:
