@@ -238,3 +238,31 @@ def test_a_task_picks_its_defaults_and_the_command_line_still_wins(compose_cfg):
     assert list(cfg.augmentation.train.bbox_params.label_fields) == ["labels", "ids"]
     cfg = compose_cfg("task=detection", "model=retinanet_resnet50_fpn_v2")
     assert cfg.model.name == "retinanet_resnet50_fpn_v2"
+
+
+def shipped_choices() -> list[list[str]]:
+    """Every option of the groups the config checks look at, and every recipe that composes alone."""
+    choices = [[f"{group}={path.stem}"] for group in ("optimizer", "scheduler", "model")
+               for path in sorted((CONF / group).glob("*.yaml")) if path.stem not in ("torchvision",
+                                                                                       "torchvision_detection",
+                                                                                       "torchvision_segmentation")]
+    tasks = {"fasterrcnn": "detection", "retinanet": "detection", "fcos": "detection", "ssdlite": "detection",
+             "maskrcnn": "instance_segmentation", "deeplabv3": "semantic_segmentation",
+             "lraspp": "semantic_segmentation", "fcn": "semantic_segmentation"}
+    for choice in choices:
+        family = next((task for prefix, task in tasks.items() if choice[0].startswith(f"model={prefix}")), None)
+        if family:
+            choice.insert(0, f"task={family}")
+    return choices + [["experiment=digits_resnet18"], ["experiment=shapes_segmentation"],
+                      ["experiment=shapes_detection"], ["hparams_search=optuna"], ["hardware=cpu_ddp"]]
+
+
+@pytest.mark.parametrize("overrides", shipped_choices(), ids=lambda o: " ".join(o))
+def test_every_shipped_config_passes_the_early_config_checks(compose_cfg, overrides):
+    """The checks that reject typos before anything is built must never reject what we ship."""
+    from aistudio.config_checks import check_config
+
+    cfg = compose_cfg(*overrides)
+    config = OmegaConf.to_container(cfg, resolve=True)
+    config.pop("hydra", None)
+    check_config(config)
