@@ -15,12 +15,17 @@ class AistudioError(Exception):
     """An error caused by the user's input (config, data): reported as one clear message, no traceback."""
 
 
-def user_error(error: BaseException | None) -> AistudioError | None:
-    """The :class:`AistudioError` behind ``error``, if any (Hydra wraps errors raised by ``_target_``s)."""
-    seen = set()
+def exception_chain(error: BaseException | None) -> list[BaseException]:
+    """``error`` and its causes/contexts, outermost first (Hydra wraps errors raised by ``_target_``s)."""
+    chain: list[BaseException] = []
+    seen: set[int] = set()
     while error is not None and id(error) not in seen:
-        if isinstance(error, AistudioError):
-            return error
+        chain.append(error)
         seen.add(id(error))
         error = error.__cause__ or error.__context__
-    return None
+    return chain
+
+
+def user_error(error: BaseException | None) -> AistudioError | None:
+    """The :class:`AistudioError` behind ``error``, if any."""
+    return next((e for e in exception_chain(error) if isinstance(e, AistudioError)), None)

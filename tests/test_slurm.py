@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 import subprocess
 import threading
@@ -19,6 +18,7 @@ import pytest
 
 from aistudio.runs.record import load_run
 from tests.helpers import FAST_TRAIN, make_color_project, run_train
+from tests.test_sweeps import rank_digests
 
 DEFAULT_CONF = Path(os.environ.get("AISTUDIO_SLURM_DIR", "/tmp/aistudio-slurm")) / "slurm.conf"
 
@@ -145,8 +145,7 @@ def test_ddp_on_slurm_runs_one_task_per_rank_and_relaunches_nothing(tmp_path, cl
     assert "--ntasks-per-node=2" in script  # tasks per node = the hardware group's devices
     run = load_run(sweep / "0")
     assert run["status"] == "completed" and not (tmp_path / "runs").exists()
-    log = (sweep / "0" / "logs" / "training.log").read_text()
-    ranks = dict(re.findall(r"process rank (\d) \(pid \d+\): config sha256 (\w+)", log))
+    ranks = rank_digests(sweep / "0")
     assert set(ranks) == {"0", "1"} and ranks["0"] == ranks["1"]
-    assert "other ranks start as" not in log  # SLURM started both ranks; Lightning re-launched none
+    assert "other ranks start as" not in (sweep / "0" / "logs" / "training.log").read_text()  # SLURM started both ranks; Lightning re-launched none
     assert [m["epoch"] for m in json.loads((sweep / "0" / "metrics.json").read_text())] == [0, 1]

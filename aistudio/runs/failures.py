@@ -9,18 +9,10 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from aistudio import AistudioError
+from aistudio import AistudioError, exception_chain
 
 _OOM_MARKERS = ("out of memory", "can't allocate memory", "cannot allocate memory", "outofmemoryerror")
 _WORKER_MARKERS = ("exited unexpectedly", "is killed by signal")
-
-
-def _chain(error: BaseException | None) -> list[BaseException]:
-    seen: list[BaseException] = []
-    while error is not None and all(error is not e for e in seen):
-        seen.append(error)
-        error = error.__cause__ or error.__context__
-    return seen
 
 
 def _unexpected_argument(chain: list[BaseException]) -> AistudioError | None:
@@ -39,7 +31,7 @@ def _unexpected_argument(chain: list[BaseException]) -> AistudioError | None:
 def explain_failure(error: BaseException, config: dict[str, Any] | None = None) -> AistudioError | None:
     """An :class:`AistudioError` (caused by ``error``) for OOM and worker crashes, else None."""
     data = (config or {}).get("data") or {}
-    chain = _chain(error)
+    chain = exception_chain(error)
     typo = _unexpected_argument(chain)
     if typo is not None:
         typo.__cause__ = error

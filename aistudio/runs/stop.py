@@ -15,6 +15,8 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from aistudio import exception_chain
+
 log = logging.getLogger("aistudio.train")
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)
@@ -39,13 +41,7 @@ class TrainingStopped(Exception):
 def stopped_by(error: BaseException | None) -> TrainingStopped | None:
     """The stop signal behind ``error``, if any (Hydra wraps exceptions raised inside ``_target_`` calls,
     and a signal during start-up can arrive inside one)."""
-    seen: list[BaseException] = []
-    while error is not None and all(error is not e for e in seen):
-        if isinstance(error, TrainingStopped):
-            return error
-        seen.append(error)
-        error = error.__cause__ or error.__context__
-    return None
+    return next((e for e in exception_chain(error) if isinstance(e, TrainingStopped)), None)
 
 
 class StopSignals:
