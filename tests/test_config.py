@@ -201,6 +201,7 @@ def test_data_options(compose_cfg, color_project):
     assert user.class_names == ["red", "green", "blue"]
 
 
+@pytest.mark.slow
 def test_config_only_commands_are_fast_and_do_not_import_torch():
     code = ("import runpy, sys; sys.argv=['train.py','--cfg','job']; "
             "import contextlib, io\n"
@@ -213,6 +214,7 @@ def test_config_only_commands_are_fast_and_do_not_import_torch():
     assert "HEAVY []" in result.stdout, result.stdout + result.stderr
 
 
+@pytest.mark.slow
 def test_unknown_choice_lists_valid_options():
     result = subprocess.run([sys.executable, "train.py", "model=resnet999"], cwd=ROOT, capture_output=True,
                             text=True, timeout=60)

@@ -1,12 +1,17 @@
-"""Run lifecycle under real faults: kill -9, SIGTERM, concurrent starts, NaN losses, broken images.
+"""Run lifecycle under real faults: Ctrl-C in a terminal, signals to the process group, kill -9,
+concurrent starts, NaN losses, broken images.
 
-Every test drives ``python train.py`` in a subprocess and checks what a researcher would find on
-disk afterwards: run.json's status and reason, the checkpoints, metrics.json, the lock.
+Every test drives ``python train.py`` in a subprocess on the default data path (DataLoader workers on:
+``data.num_workers`` is left at ``auto``) and checks what a researcher would find on disk afterwards:
+run.json's status and reason, the checkpoints, metrics.json, the lock.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import pty
+import random
 import signal
 import socket
 import subprocess
@@ -23,16 +28,75 @@ from aistudio.runs.catalog import find_run
 from aistudio.runs.record import effective_status, load_run, stale_reason
 from tests.helpers import FAST_TRAIN, ROOT, make_color_project, run_train, subprocess_env
 
+pytestmark = pytest.mark.slow
+
 EPOCHS = 4
-# resnet18 on 96 train images of 48 px: a second or so per epoch, long enough to stop inside one
-DETERMINISTIC = [*FAST_TRAIN, "data.image_size=48", "data.batch_size=8", "trainer.deterministic=true",
+BATCHES = 24  # 96 train images in batches of 4: a few seconds an epoch, long enough to stop inside one
+# the default data path: workers on (data.num_workers=auto), the progress bar as the terminal decides
+DEFAULT_PATH = [a for a in FAST_TRAIN if not a.startswith(("data.num_workers", "callbacks.progress_bar"))]
+DETERMINISTIC = [*DEFAULT_PATH, "data.image_size=48", "data.batch_size=4", "trainer.deterministic=true",
                  "callbacks.early_stopping=null", f"trainer.max_epochs={EPOCHS}", "augmentation=light",
                  "test=false"]
 
 
-def start_train(args: list[str], tmp: Path) -> subprocess.Popen:
+def start_train(args: list[str], tmp: Path, new_session: bool = False) -> subprocess.Popen:
+    """``python train.py`` in the background; ``new_session``: its own process group, as a shell job has."""
     return subprocess.Popen([sys.executable, str(ROOT / "train.py"), *args], cwd=ROOT, env=subprocess_env(tmp),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            start_new_session=new_session)
+
+
+class TerminalRun:
+    """``python train.py`` in a real pseudo-terminal: Ctrl-C typed there reaches the whole foreground
+    process group (the trainer and its DataLoader workers), as in a user's shell."""
+
+    def __init__(self, args: list[str], tmp: Path):
+        env = subprocess_env(tmp)
+        self.pid, self.fd = pty.fork()
+        if self.pid == 0:  # the child: a session leader whose controlling terminal is the pty
+            try:
+                os.chdir(ROOT)
+                os.execve(sys.executable, [sys.executable, str(ROOT / "train.py"), *args], env)
+            finally:
+                os._exit(127)  # never run the rest of pytest in the forked child
+        self.output = bytearray()
+        self.returncode: int | None = None
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:  # a terminal must be drained, or the child blocks on its writes
+        while True:
+            try:
+                chunk = os.read(self.fd, 65536)
+            except OSError:
+                return
+            if not chunk:
+                return
+            self.output += chunk
+
+    def type_ctrl_c(self) -> None:
+        os.write(self.fd, b"\x03")
+
+    def poll(self) -> int | None:
+        if self.returncode is None:
+            pid, status = os.waitpid(self.pid, os.WNOHANG)
+            if pid:
+                self.returncode = os.waitstatus_to_exitcode(status)
+        return self.returncode
+
+    def wait(self, timeout: float) -> int:
+        deadline = time.monotonic() + timeout
+        while self.poll() is None:
+            if time.monotonic() > deadline:
+                os.kill(self.pid, signal.SIGKILL)
+                raise AssertionError(f"still running after {timeout} s: {self.text()[-3000:]}")
+            time.sleep(0.05)
+        self._reader.join(timeout=5)
+        os.close(self.fd)
+        return self.returncode  # type: ignore[return-value]
+
+    def text(self) -> str:
+        return self.output.decode(errors="replace")
 
 
 def runs_cli(tmp: Path, *args: str) -> subprocess.CompletedProcess:
@@ -45,16 +109,29 @@ def epochs_in(run_dir: Path) -> list[int]:
     return [m["epoch"] for m in json.loads(path.read_text())] if path.exists() else []
 
 
-def wait_until(process: subprocess.Popen, condition, timeout: float = 180) -> None:
+def wait_until(process: subprocess.Popen | TerminalRun, condition, timeout: float = 600, poll_s: float = 0.02) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if condition():
             return
         if process.poll() is not None:
-            raise AssertionError(f"training ended (code {process.returncode}) before the condition: "
-                                 f"{process.stderr.read()[-3000:] if process.stderr else ''}")
-        time.sleep(0.02)
+            output = process.text() if isinstance(process, TerminalRun) else \
+                (process.stderr.read() if process.stderr else "")
+            raise AssertionError(f"training ended (code {process.returncode}) before the condition: {output[-3000:]}")
+        time.sleep(poll_s)
     raise AssertionError("timed out waiting for the training subprocess")
+
+
+def wait_inside_an_epoch(process: subprocess.Popen | TerminalRun, run_dir: Path) -> None:
+    """Return about 40% into the third epoch, scaled by how long the second took here (the first is
+    slower: warm-up)."""
+    wait_until(process, lambda: len(epochs_in(run_dir)) >= 2)
+    second = json.loads((run_dir / "metrics.json").read_text())[1]
+    time.sleep(0.4 * float(second["epoch_time_s"]))
+
+
+def temp_files(run_dir: Path) -> list[Path]:
+    return [p for where in (run_dir, run_dir / "checkpoints") if where.is_dir() for p in where.glob(".*.tmp")]
 
 
 def final_weights(run_dir: Path) -> dict[str, torch.Tensor]:
@@ -100,6 +177,26 @@ def uninterrupted(tmp_path_factory, big_colors) -> Path:
     return run_dir
 
 
+def assert_resumed_like_the_uninterrupted_run(run_dir: Path, uninterrupted: Path, attempts: int = 2) -> None:
+    record = load_run(run_dir)
+    assert record["status"] == "completed" and record["attempt"] == attempts, record.get("error")
+    entries = json.loads((run_dir / "metrics.json").read_text())
+    assert [e["epoch"] for e in entries] == list(range(EPOCHS))  # every epoch exactly once
+    assert_same_weights(final_weights(uninterrupted), final_weights(run_dir))
+    theirs = json.loads((uninterrupted / "metrics.json").read_text())
+    for mine, reference in zip(entries, theirs):
+        assert mine["step"] == reference["step"]
+        learning_rates = {k: v for k, v in reference.items() if k.startswith("lr_")}
+        assert learning_rates and {k: mine.get(k) for k in learning_rates} == learning_rates  # resumed epoch too
+        assert mine["val_acc"] == pytest.approx(reference["val_acc"], abs=1e-6)
+        assert mine["val_loss"] == pytest.approx(reference["val_loss"], rel=1e-5)
+    # duration_s covers every attempt; each earlier attempt keeps its own
+    earlier = [h["duration_s"] for h in record["history"]]
+    assert all(d is not None and d >= 0 for d in earlier), record["history"]
+    assert record["duration_s"] == pytest.approx(sum(earlier) + record["attempt_duration_s"], abs=0.01)
+    assert not temp_files(run_dir)
+
+
 def test_kill_9_reads_interrupted_frees_the_lock_and_resume_matches_an_uninterrupted_run(
         tmp_path, big_colors, uninterrupted):
     run_dir = tmp_path / "runs" / "killed"
@@ -111,7 +208,7 @@ def test_kill_9_reads_interrupted_frees_the_lock_and_resume_matches_an_uninterru
     reader.start()
     try:
         wait_until(process, lambda: len(epochs_in(run_dir)) >= 2)
-        process.kill()  # SIGKILL: no handler runs, nothing is cleaned up by the process
+        process.kill()  # SIGKILL: no handler runs, nothing is cleaned up by the process; its workers live on a while
         process.wait(timeout=30)
     finally:
         stop.set()
@@ -124,53 +221,118 @@ def test_kill_9_reads_interrupted_frees_the_lock_and_resume_matches_an_uninterru
     listed = json.loads(runs_cli(tmp_path, "list", "--json").stdout)
     assert [(r["id"], r["status"]) for r in listed] == [(record["id"], "interrupted")]
 
-    # resume by id prefix, with only the override that names the run: its own overrides come back
+    # resume at once (the dead run's workers may still be alive), by id prefix, with only the override
+    # that names the run: its own overrides come back
     resumed = run_train([f"resume={record['id'][:18]}"], tmp_path)
     assert resumed.returncode == 0, resumed.stderr[-3000:]  # also proves the dead run's lock was free
     record = load_run(run_dir)
-    assert record["status"] == "completed" and record["attempt"] == 2
     assert record["history"][0]["status"] == "interrupted"  # the attempt the kill ended, found stale
     assert "is gone" in record["history"][0]["error"]["message"]
-    assert epochs_in(run_dir) == list(range(EPOCHS))
-    assert_same_weights(final_weights(uninterrupted), final_weights(run_dir))
-    theirs = json.loads((uninterrupted / "metrics.json").read_text())[-1]
-    ours = json.loads((run_dir / "metrics.json").read_text())[-1]
-    assert ours["val_acc"] == pytest.approx(theirs["val_acc"], abs=1e-6)
-    assert ours["val_loss"] == pytest.approx(theirs["val_loss"], rel=1e-5)
+    assert_resumed_like_the_uninterrupted_run(run_dir, uninterrupted)
 
 
-def test_sigterm_mid_epoch_saves_last_ckpt_and_the_resumed_run_matches(tmp_path, big_colors, uninterrupted):
-    run_dir = tmp_path / "runs" / "terminated"
-    process = start_train(["data=project", f"data.project={big_colors}", *DETERMINISTIC, f"hydra.run.dir={run_dir}"],
-                          tmp_path)
-    wait_until(process, lambda: len(epochs_in(run_dir)) >= 1)
-    time.sleep(0.3)  # well inside a later epoch
-    process.send_signal(signal.SIGTERM)
-    _, stderr = process.communicate(timeout=60)
-    assert process.returncode == 128 + signal.SIGTERM, stderr[-3000:]
-    assert "Stopped by SIGTERM" in stderr
+STOPS = {  # how users stop a run -> the signal the trainer gets
+    "ctrl-c in a terminal": signal.SIGINT,
+    "SIGINT to the process group": signal.SIGINT,  # e.g. a shell's kill -INT -<pgid>
+    "SIGTERM to the process group": signal.SIGTERM,  # timeout, systemd, schedulers
+    "SIGTERM to the main process": signal.SIGTERM,
+}
+
+
+@pytest.mark.parametrize("how", list(STOPS))
+def test_a_stop_inside_an_epoch_saves_last_ckpt_there_and_the_resumed_run_matches(tmp_path, big_colors,
+                                                                                   uninterrupted, how):
+    run_dir = tmp_path / "runs" / "stopped"
+    args = ["data=project", f"data.project={big_colors}", *DETERMINISTIC, f"hydra.run.dir={run_dir}"]
+    signum = STOPS[how]
+    if how == "ctrl-c in a terminal":
+        process = TerminalRun(args, tmp_path)  # the rich progress bar is on: stdout is a terminal
+        wait_inside_an_epoch(process, run_dir)
+        process.type_ctrl_c()
+        code, output = process.wait(timeout=120), process.text()
+    else:
+        process = start_train(args, tmp_path, new_session=True)
+        wait_inside_an_epoch(process, run_dir)
+        if "group" in how:
+            os.killpg(process.pid, signum)
+        else:
+            process.send_signal(signum)
+        _, output = process.communicate(timeout=120)
+        code = process.returncode
+    assert code == 128 + signum, output[-3000:]
+    assert f"Stopped by {signal.Signals(signum).name}" in output
+    assert "worker" not in output.lower(), output[-3000:]  # no worker died or raised
     record = load_run(run_dir)
-    assert record["status"] == "interrupted"
-    assert "stopped by SIGTERM" in record["error"]["message"] and "last.ckpt saved there" in record["error"]["message"]
+    assert record["status"] == "interrupted", record["error"]
+    assert f"stopped by {signal.Signals(signum).name}" in record["error"]["message"]
+    assert "last.ckpt saved there" in record["error"]["message"]
     checkpoint = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
-    assert checkpoint["global_step"] > 0 and "aistudio_resume" in checkpoint
+    done = checkpoint["aistudio_resume"]["batches_done"]
+    assert 0 < done < BATCHES, f"stopped at batch {done}: not inside an epoch, the in-epoch resume is not tested"
 
-    # `aistudio runs resume` with no run: the latest interrupted one, started as it was started
-    resumed = runs_cli(tmp_path, "resume")
+    if how == "SIGTERM to the main process":  # `aistudio runs resume` with no run: the latest interrupted one
+        resumed = runs_cli(tmp_path, "resume")
+    else:
+        resumed = run_train([f"resume={run_dir}"], tmp_path)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert load_run(run_dir)["status"] == "completed"
-    assert epochs_in(run_dir) == list(range(EPOCHS))
-    assert_same_weights(final_weights(uninterrupted), final_weights(run_dir))
+    assert f"{done} batches were done" in (run_dir / "logs" / "training.log").read_text()
+    assert_resumed_like_the_uninterrupted_run(run_dir, uninterrupted)
 
     refused = run_train([f"resume={run_dir}"], tmp_path)
     assert refused.returncode == 1 and "already completed" in refused.stderr and "model.weights=" in refused.stderr
 
 
-def test_a_second_start_on_the_same_project_fails_naming_the_active_run(tmp_path, color_project):
-    args = ["data=project", f"data.project={color_project}", *FAST_TRAIN, "callbacks.early_stopping=null",
-            "trainer.max_epochs=500"]
+def kill_at(point: str, run_dir: Path, process: subprocess.Popen) -> None:
+    if point == "start-up":
+        wait_until(process, lambda: (run_dir / "run.json").exists(), poll_s=0.005)
+        time.sleep(random.uniform(0, 2))
+    elif point == "inside an epoch":
+        wait_inside_an_epoch(process, run_dir)
+        time.sleep(random.uniform(0, 0.3))
+    else:  # the first checkpoint's temp file exists: its write is under way
+        folder = run_dir / "checkpoints"
+        wait_until(process, lambda: folder.is_dir() and any(folder.glob(".*.tmp")), poll_s=0.001)
+    process.kill()
+    process.wait(timeout=30)
+
+
+@pytest.mark.parametrize("point", ["start-up", "inside an epoch", "during a checkpoint write"])
+def test_kill_9_anywhere_then_an_immediate_resume_completes_like_the_uninterrupted_run(tmp_path, big_colors,
+                                                                                      uninterrupted, point):
+    run_dir = tmp_path / "runs" / "killed"
+    process = start_train(["data=project", f"data.project={big_colors}", *DETERMINISTIC,
+                           f"hydra.run.dir={run_dir}"], tmp_path)
+    kill_at(point, run_dir, process)
+    resumed = run_train([f"resume={run_dir}"], tmp_path)  # at once: the killed run's workers may still live
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "another training run is active" not in resumed.stderr
+    assert_resumed_like_the_uninterrupted_run(run_dir, uninterrupted)
+
+
+def test_a_refused_start_writes_nothing_and_a_resume_cannot_change_the_model(tmp_path, color_project):
+    args = ["data=project", f"data.project={color_project}", *DEFAULT_PATH, "callbacks.early_stopping=null"]
+    # an interrupted run of the project, to be resumed later
+    stopped_dir = tmp_path / "runs" / "stopped"
+    stopped = start_train([*args, "trainer.max_epochs=500", f"hydra.run.dir={stopped_dir}"], tmp_path)
+    wait_until(stopped, lambda: len(epochs_in(stopped_dir)) >= 1)
+    stopped.send_signal(signal.SIGINT)
+    stopped.communicate(timeout=60)
+    assert stopped.returncode == 128 + signal.SIGINT and load_run(stopped_dir)["status"] == "interrupted"
+    # a failed run, newer than the interrupted one
+    failed_dir = tmp_path / "runs" / "failed"
+    assert run_train([*args, "optimizer.lr=-1", f"hydra.run.dir={failed_dir}"], tmp_path).returncode == 1
+    before = (stopped_dir / "run.json").read_bytes()
+
+    # a resume that changes the model is refused before anything is touched, naming the key
+    changed = run_train([f"resume={stopped_dir}", "model=mobilenet_v3_small"], tmp_path)
+    assert changed.returncode == 1
+    errors = [line for line in changed.stderr.splitlines() if line.startswith("Error")]
+    assert len(errors) == 1 and "model=mobilenet_v3_small" in errors[0] and "model.weights=" in errors[0], \
+        changed.stderr[-2000:]
+    assert (stopped_dir / "run.json").read_bytes() == before
+
     first_dir = tmp_path / "runs" / "first"
-    first = start_train([*args, f"hydra.run.dir={first_dir}"], tmp_path)
+    first = start_train([*args, "trainer.max_epochs=500", f"hydra.run.dir={first_dir}"], tmp_path)
     try:
         wait_until(first, lambda: len(epochs_in(first_dir)) >= 1)
         clock = time.monotonic()
@@ -178,20 +340,34 @@ def test_a_second_start_on_the_same_project_fails_naming_the_active_run(tmp_path
         refused_after = time.monotonic() - clock
         assert second.returncode == 1
         assert "another training run is active" in second.stderr and str(first_dir) in second.stderr
-        assert load_run(tmp_path / "runs" / "second")["status"] == "failed"
+        assert not (tmp_path / "runs" / "second").exists()  # a refused start leaves nothing behind
         assert refused_after < 30  # refused before any training, not after
+        # resuming the interrupted run while the project is busy: refused, and the run is untouched
+        refused = run_train([f"resume={stopped_dir}"], tmp_path)
+        assert refused.returncode == 1 and "another training run is active" in refused.stderr
+        assert (stopped_dir / "run.json").read_bytes() == before
         # sharing the devices on purpose is allowed
         shared = run_train([*args, "trainer.max_epochs=1", "exclusive=false",
                             f"hydra.run.dir={tmp_path / 'runs' / 'shared'}"], tmp_path)
         assert shared.returncode == 0, shared.stderr[-3000:]
     finally:
-        first.send_signal(signal.SIGINT)
+        os.kill(first.pid, signal.SIGINT)
         first.communicate(timeout=60)
     assert first.returncode == 128 + signal.SIGINT
     assert load_run(first_dir)["status"] == "interrupted"
-    # the lock went with the first run: a new start proceeds
-    third = run_train([*args, "trainer.max_epochs=1", f"hydra.run.dir={tmp_path / 'runs' / 'third'}"], tmp_path)
-    assert third.returncode == 0, third.stderr[-3000:]
+    # the lock went with the first run; `aistudio runs resume` picks the latest *interrupted* run (first),
+    # not the newer failed one, and a named interrupted run resumes too
+    done = load_run(first_dir)["epochs_completed"]
+    too_few = run_train([f"resume={first_dir}", f"trainer.max_epochs={done - 1}"], tmp_path)
+    assert too_few.returncode == 1 and f"trainer.max_epochs={done} or more" in too_few.stderr, too_few.stderr[-2000:]
+    assert "Traceback" not in too_few.stderr and load_run(first_dir)["status"] == "interrupted"
+    resumed = runs_cli(tmp_path, "resume", "stopped", f"trainer.max_epochs={load_run(stopped_dir)['epochs_completed'] + 1}")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    record = load_run(stopped_dir)
+    assert record["status"] == "completed" and record["attempt"] == 2
+    latest = runs_cli(tmp_path, "resume", f"trainer.max_epochs={done + 1}")
+    assert latest.returncode == 0 and f"resume={first_dir.resolve()}" in latest.stdout, latest.stderr[-3000:]
+    assert load_run(first_dir)["status"] == "completed"
 
 
 def test_a_nan_loss_fails_the_run_naming_step_and_batch(tmp_path, color_project):
@@ -225,6 +401,27 @@ def test_config_mistakes_are_one_line_and_nothing_is_built(tmp_path, color_proje
     assert len(errors) == 1 and message in errors[0], result.stderr[-2000:]
     assert "Traceback" not in result.stderr
     assert load_run(run_dir)["status"] == "failed" and not (run_dir / "checkpoints").exists()
+
+
+def test_a_broken_dataset_json_fails_before_torch_or_lightning_is_imported(tmp_path, color_project):
+    (color_project / "dataset.json").write_text('{"version": 1, "classes": ["a"], "images": [}')
+    run_dir = tmp_path / "run"
+    # train.py as `python train.py` runs it, reporting at exit which heavy libraries had been imported
+    probe = ("import atexit, runpy, sys; "
+             "atexit.register(lambda: print('imported:', sorted(m for m in ('torch', 'lightning', 'torchvision') "
+             "if m in sys.modules), file=sys.stderr)); "
+             f"sys.argv = [{str(ROOT / 'train.py')!r}, *sys.argv[1:]]; "
+             f"runpy.run_path({str(ROOT / 'train.py')!r}, run_name='__main__')")
+    result = subprocess.run([sys.executable, "-c", probe, "data=project", f"data.project={color_project}",
+                             *FAST_TRAIN, f"hydra.run.dir={run_dir}"], cwd=ROOT, env=subprocess_env(tmp_path),
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 1
+    errors = [line for line in result.stderr.splitlines() if line.startswith("Error")]
+    assert len(errors) == 1 and "dataset.json" in errors[0] and "line 1, column 45" in result.stderr, \
+        result.stderr[-2000:]
+    assert "imported: []" in result.stderr
+    record = load_run(run_dir)
+    assert record["status"] == "failed" and "dataset.json" in record["error"]["message"]
 
 
 @pytest.mark.parametrize("damage", ["truncated_png", "corrupt_jpeg"])

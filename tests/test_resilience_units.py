@@ -119,13 +119,88 @@ def test_the_lock_is_exclusive_names_its_holder_and_dies_with_its_process(tmp_pa
     # a holder killed with SIGKILL leaves its files behind, and the lock is free at once
     other = tmp_path / "other"
     other.mkdir()
+    # ...even while a child it forked (a DataLoader worker) lives on: the lock is the process's alone
     holder = subprocess.Popen([sys.executable, "-c", (
-        "import sys, time; from aistudio.runs.lock import RunLock; "
+        "import os, sys, time; from aistudio.runs.lock import RunLock; "
         f"RunLock({str(other)!r}, 'cpu', {str(tmp_path / 'locks')!r}).acquire('x', 'x'); "
-        "print('held', flush=True); time.sleep(60)")], stdout=subprocess.PIPE, text=True)
-    assert holder.stdout.readline().strip() == "held"
-    with pytest.raises(AistudioError):
-        RunLock(str(other), "cpu", tmp_path / "locks").acquire("y", "y")
-    holder.kill()
-    holder.wait()
-    RunLock(str(other), "cpu", tmp_path / "locks").acquire("z", "z")
+        "child = os.fork()\n"
+        "if child == 0: time.sleep(60); os._exit(0)\n"
+        "print('held', child, flush=True); time.sleep(60)")], stdout=subprocess.PIPE, text=True)
+    word, worker = holder.stdout.readline().split()
+    assert word == "held"
+    try:
+        with pytest.raises(AistudioError):
+            RunLock(str(other), "cpu", tmp_path / "locks").acquire("y", "y")
+        holder.kill()
+        holder.wait()
+        os.kill(int(worker), 0)  # the forked child is still alive...
+        RunLock(str(other), "cpu", tmp_path / "locks").acquire("z", "z")  # ...and the lock is free
+    finally:
+        os.kill(int(worker), signal.SIGKILL)
+
+
+class SignalsItsOwnProcess(Dataset):
+    """Each item sends a stop signal to the process loading it, as a terminal's Ctrl-C or ``timeout``
+    reaches every process of the group, DataLoader workers included."""
+
+    def __init__(self, signum: int):
+        self.signum = signum
+
+    def __len__(self) -> int:
+        return 4
+
+    def __getitem__(self, index):
+        os.kill(os.getpid(), self.signum)
+        return index
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_dataloader_workers_leave_stop_signals_to_the_main_process(signum):
+    from aistudio.data.datamodule import init_worker
+    from aistudio.runs.stop import StopSignals
+
+    signals = StopSignals()
+    signals.install()  # what train.py has in place when Lightning forks the workers
+    try:
+        loader = DataLoader(SignalsItsOwnProcess(signum), num_workers=2, worker_init_fn=init_worker)
+        assert sorted(int(x) for x in loader) == [0, 1, 2, 3]  # no worker raised or died
+        assert signals.received is None  # and the main process was not asked to stop
+    finally:
+        signals.restore()
+
+
+def test_atomic_writes_are_readable_like_plain_files_and_stale_temp_files_are_removed(tmp_path):
+    from aistudio.runs.atomic import atomic_write_json, remove_stale_temp_files
+
+    previous = os.umask(0o027)
+    try:
+        atomic_write_json(tmp_path / "run.json", {"a": 1})
+        assert (tmp_path / "run.json").stat().st_mode & 0o777 == 0o640
+        os.umask(0o022)
+        atomic_write_json(tmp_path / "run.json", {"a": 2})
+        assert (tmp_path / "run.json").stat().st_mode & 0o777 == 0o644
+    finally:
+        os.umask(previous)
+    (tmp_path / "checkpoints").mkdir()
+    left = [tmp_path / ".run.json.abc123.tmp", tmp_path / "checkpoints" / ".best.ckpt.x1y2.tmp",
+            tmp_path / "checkpoints" / ".last.ckpt.link.tmp"]
+    for path in left:
+        path.write_bytes(b"half")
+    (tmp_path / "checkpoints" / "best.ckpt").write_bytes(b"whole")
+    assert sorted(remove_stale_temp_files(tmp_path)) == sorted(left)
+    assert sorted(p.name for p in tmp_path.rglob("*") if p.is_file()) == ["best.ckpt", "run.json"]
+
+
+def test_a_process_stopped_while_its_loader_workers_live_still_exits():
+    """Workers ignore SIGTERM, which is how multiprocessing ends them at exit: without the exit hook that
+    kills them first, a run stopped during start-up or validation would wait for them forever."""
+    code = (
+        "import sys; from torch.utils.data import DataLoader; "
+        "from aistudio.data.datamodule import init_worker; from aistudio.runs.stop import reap_workers_at_exit; "
+        "reap_workers_at_exit(); "
+        "loader = DataLoader(list(range(64)), num_workers=2, persistent_workers=True, worker_init_fn=init_worker); "
+        "it = iter(loader); next(it); "
+        "print('workers live', flush=True); sys.exit(130)")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 130 and "workers live" in result.stdout, result.stderr[-2000:]
+    assert "Traceback" not in result.stderr, result.stderr[-2000:]

@@ -20,6 +20,8 @@ from aistudio.runs.record import load_run
 from tests.helpers import FAST_TRAIN, make_color_project, run_train
 from tests.test_sweeps import rank_digests
 
+pytestmark = pytest.mark.slow
+
 DEFAULT_CONF = Path(os.environ.get("AISTUDIO_SLURM_DIR", "/tmp/aistudio-slurm")) / "slurm.conf"
 
 
@@ -105,9 +107,11 @@ def test_a_requeued_job_resumes_from_last_ckpt_in_the_same_run_directory(tmp_pat
     sweep = tmp_path / "sweep"
     outcome: dict[str, subprocess.CompletedProcess] = {}
     epochs = 6
+    # with a DataLoader worker: SLURM signals every process of the job, the worker included
     sweep_thread = threading.Thread(target=lambda: outcome.setdefault("result", run_train(
-        [*slurm_args(sweep), "data=project", f"data.project={project}", *FAST_TRAIN, "data.image_size=48",
-         f"trainer.max_epochs={epochs}", "callbacks.early_stopping=null", "seed=3"], tmp_path, timeout=600)))
+        [*slurm_args(sweep), "hydra.launcher.cpus_per_task=2", "data=project", f"data.project={project}",
+         *FAST_TRAIN, "data.num_workers=1", "data.image_size=48", f"trainer.max_epochs={epochs}",
+         "callbacks.early_stopping=null", "seed=3"], tmp_path, timeout=600)))
     sweep_thread.start()
     metrics = sweep / "0" / "metrics.json"
     deadline = time.monotonic() + 300
@@ -131,6 +135,9 @@ def test_a_requeued_job_resumes_from_last_ckpt_in_the_same_run_directory(tmp_pat
     assert run["resumed_from"] == str((sweep / "0" / "checkpoints" / "last.ckpt").resolve())
     assert [m["epoch"] for m in json.loads(metrics.read_text())] == list(range(epochs))
     assert sacct_states(cluster, job)[job] == "COMPLETED"
+    summary = json.loads((sweep / "sweep.json").read_text())  # the sweep waited for the requeued attempt
+    assert summary["jobs"]["0"]["status"] == "completed"
+    assert (summary["status"], summary["failed_jobs"], summary["best_job"]) == ("completed", [], "0")
 
 
 def test_ddp_on_slurm_runs_one_task_per_rank_and_relaunches_nothing(tmp_path, cluster, monkeypatch):

@@ -21,6 +21,25 @@ def override_key(override: str) -> str:
     return override.lstrip("+~").split("=", 1)[0]
 
 
+# overrides that change what the checkpoint's weights fit: a resume cannot load them into another architecture
+ARCHITECTURE_KEYS = ("model", "model.name", "model.num_classes", "model.anchor_sizes", "model.aspect_ratios",
+                     "task", "task.name", "data.channels", "experiment")
+
+
+def refuse_architecture_change(reference: str, run_dir: Path, stored: list[str], given: list[str]) -> None:
+    """A resume keeps the run's model and task; changing them is a new run (from these weights)."""
+    recorded = {override_key(o): o for o in stored}
+    for override in given:
+        key = override_key(override)
+        if key in ARCHITECTURE_KEYS and recorded.get(key) != override:
+            was = recorded[key] if key in recorded else f"{key} at its default"
+            raise AistudioError(
+                f"resume={reference}: {override} changes the model or task of the run being resumed (it was "
+                f"trained with {was}), and its checkpoint cannot be loaded into another one — drop {key} to "
+                f"resume, or start a new run from its weights: python train.py {override} "
+                f"model.weights={run_dir}/checkpoints/last.ckpt")
+
+
 def expand_resume(argv: list[str]) -> list[str]:
     """``argv`` with the resumed run's own overrides restored (unchanged when there is no resume=)."""
     args = argv[1:]
@@ -33,7 +52,9 @@ def expand_resume(argv: list[str]) -> list[str]:
     root = next((Path(a.split("=", 1)[1]) for a in args if a.startswith("paths.runs_root=")), default_runs_root())
     run_dir = find_run(reference, root)
     stored = (read_json(run_dir / RUN_FILE) or {}).get("overrides") or []
-    current = {override_key(a) for a in args if "=" in a and not a.startswith("-")}
+    given_now = [a for a in args if "=" in a and not a.startswith("-") and not a.startswith("resume=")]
+    refuse_architecture_change(reference, run_dir, stored, given_now)
+    current = {override_key(a) for a in given_now}
     restored = [o for o in stored if override_key(o) not in current and override_key(o) != "resume"]
     target = reference if reference.endswith(".ckpt") and Path(reference).is_file() else str(run_dir)
     rest = [a for a in args if not a.startswith("resume=")]

@@ -110,7 +110,9 @@ def _train_command(folder: Path, extra: list[str]) -> tuple[list[str], str]:
 
 
 def _restart(args: argparse.Namespace, allowed: tuple[str, ...], verb: str) -> int:
-    folder = find_run(args.run or "latest", args.root)
+    if args.run and "=" in args.run:  # `aistudio runs resume trainer.max_epochs=30`: no run named, latest
+        args.overrides, args.run = [args.run, *args.overrides], None
+    folder = find_run(args.run or "latest", args.root, latest_of=allowed)
     status = effective_status(load_run(folder))
     if status not in allowed:
         hint = (f"; start a new run from its weights with model.weights={folder}/checkpoints/best.ckpt"

@@ -11,6 +11,7 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 import sys
 from pathlib import Path
 from typing import Any
@@ -20,12 +21,13 @@ from omegaconf.errors import OmegaConfBaseException
 
 from aistudio import AistudioError, user_error
 from aistudio.config_checks import check_config
-from aistudio.runs.atomic import atomic_write_json, read_json
+from aistudio.data.project import Project, project_from_config
+from aistudio.runs.atomic import atomic_write_json, read_json, remove_stale_temp_files
 from aistudio.runs.failures import explain_failure
 from aistudio.runs.heartbeat import Heartbeat
 from aistudio.runs.lock import RunLock, device_set
 from aistudio.runs.rank import global_rank
-from aistudio.runs.record import HEARTBEAT_INTERVAL_S, RunRecord, stale_reason
+from aistudio.runs.record import HEARTBEAT_INTERVAL_S, RUN_FILE, RunRecord, new_run_id, stale_reason
 from aistudio.runs.stop import StopSignals, TrainingStopped, stopped_by
 
 log = logging.getLogger("aistudio.train")
@@ -98,6 +100,10 @@ def resume_checkpoint(cfg: DictConfig, run_dir: Path) -> Path | None:
     if previous.get("status") == "completed":
         raise AistudioError(f"resume={reference}: that run already completed. To train further, start a "
                             f"new run from its weights: model.weights={run_dir}/checkpoints/best.ckpt")
+    done, max_epochs = int(previous.get("epochs_completed") or 0), OmegaConf.select(cfg, "trainer.max_epochs")
+    if max_epochs not in (None, -1) and done > int(max_epochs):
+        raise AistudioError(f"resume={reference}: that run has already trained {done} epochs, more than "
+                            f"trainer.max_epochs={max_epochs} — resume with trainer.max_epochs={done} or more")
     if not checkpoint.is_file():  # stopped before its first checkpoint: a retry starts over, same directory
         log.warning("resume=%s: no checkpoint at %s — training again from the start in the same run directory",
                     reference, checkpoint)
@@ -124,13 +130,21 @@ def run_training(cfg: DictConfig, run_dir: Path, overrides: list[str] | None = N
     record: RunRecord | None = None
     lock: RunLock | None = None
     if global_rank() == 0:
-        if checkpoint is None and (run_dir / "run.json").exists() and not cfg.get("resume") \
+        if checkpoint is None and (run_dir / RUN_FILE).exists() and not cfg.get("resume") \
                 and not slurm_requeued(run_dir):
             raise AistudioError(f"{run_dir} already holds a run; choose another hydra.run.dir or resume={run_dir}")
-        record = RunRecord.create(
-            run_dir, overrides=overrides or [], task=OmegaConf.select(cfg, "task.name", default=None),
-            model=OmegaConf.select(cfg, "model.name", default=None),
-            resumed_from=str(checkpoint) if checkpoint else None, **slurm_fields())
+        run_id = (read_json(run_dir / RUN_FILE) or {}).get("id") or new_run_id()
+        lock = _acquire_lock(cfg, run_dir, run_id)  # before any record is touched: a refused start writes nothing
+        try:
+            remove_stale_temp_files(run_dir)  # left by a process killed mid-write
+            record = RunRecord.create(
+                run_dir, id=run_id, overrides=overrides or [], task=OmegaConf.select(cfg, "task.name", default=None),
+                model=OmegaConf.select(cfg, "model.name", default=None),
+                resumed_from=str(checkpoint) if checkpoint else None, **slurm_fields())
+        except BaseException:
+            if lock:
+                lock.release()
+            raise
     logging.captureWarnings(True)
     log.info("run directory: %s", run_dir)
     signals.install()  # restored in `finally`, whatever happens from here on
@@ -139,15 +153,15 @@ def run_training(cfg: DictConfig, run_dir: Path, overrides: list[str] | None = N
         # every process logs what it trains: DDP ranks must agree (tests compare these lines)
         digest = hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:16]
         log.info("process rank %d (pid %d): config sha256 %s", global_rank(), os.getpid(), digest)
+        project = project_from_config(config["data"])  # every dataset problem at once, before torch is imported
         check_config(config)  # unknown model name, optimizer/trainer arguments: one line, nothing built yet
         if record:
             record.update(monitor={"metric": config["task"]["monitor"], "mode": config["task"]["mode"]},
                           data_project=str(config["data"].get("project")))
             atomic_write_json(run_dir / CONFIG_FILE, config)
-            lock = _acquire_lock(cfg, config, run_dir, record)
         interval = float(cfg.get("heartbeat_s") or HEARTBEAT_INTERVAL_S)
         with Heartbeat(record, interval) if record else contextlib.nullcontext():
-            return _fit_and_test(cfg, config, run_dir, record, checkpoint, signals)
+            return _fit_and_test(cfg, config, project, run_dir, record, checkpoint, signals)
     except BaseException as err:
         stop = stopped_by(err)
         if stop is not None:  # during start-up it may arrive inside an import that Hydra wraps in its own error
@@ -202,14 +216,36 @@ def _parallel_sweep_job() -> bool:
     return hydra.mode == RunMode.MULTIRUN and "BasicLauncher" not in str(hydra.launcher.get("_target_", ""))
 
 
-def _acquire_lock(cfg: DictConfig, config: dict[str, Any], run_dir: Path, record: RunRecord) -> RunLock | None:
+def _acquire_lock(cfg: DictConfig, run_dir: Path, run_id: str) -> RunLock | None:
     """One active run per project and device set. Exempt: jobs placed by a scheduler (SLURM) and jobs of
-    a parallel launcher (joblib), which share the devices because the user asked for parallel jobs."""
+    a parallel launcher (joblib), which share the devices because the user asked for parallel jobs.
+
+    Taken before the run is recorded, from the two config values it needs; when they cannot be resolved
+    the run fails on that right after (recorded), before anything is built."""
     if not cfg.get("exclusive", True) or os.environ.get("SLURM_JOB_ID") or _parallel_sweep_job():
         return None
-    lock = RunLock(config["data"].get("project"), device_set(config.get("hardware") or {}))
-    lock.acquire(run_dir, record.data.get("id"))
+    try:
+        project = OmegaConf.to_container(cfg.data, resolve=True).get("project")  # type: ignore[union-attr]
+        hardware = OmegaConf.to_container(cfg.hardware, resolve=True) if cfg.get("hardware") else {}
+    except OmegaConfBaseException:
+        return None
+    lock = RunLock(project, device_set(hardware or {}))  # type: ignore[arg-type]
+    try:
+        lock.acquire(run_dir, run_id)
+    except AistudioError:
+        _remove_unused_run_dir(run_dir)
+        raise
     return lock
+
+
+def _remove_unused_run_dir(run_dir: Path) -> None:
+    """A refused new single run leaves no directory behind (Hydra made it, with only its own files)."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if HydraConfig.get().mode == RunMode.RUN and not (run_dir / RUN_FILE).exists() \
+            and {p.name for p in run_dir.iterdir()} <= {".hydra", "logs"}:
+        shutil.rmtree(run_dir, ignore_errors=True)
 
 
 def _model_config(config: dict[str, Any], num_classes: int) -> dict[str, Any]:
@@ -234,8 +270,8 @@ def _class_weights(setting: Any, counts: list[int]) -> list[float] | None:
     return [float(w) for w in setting]
 
 
-def _fit_and_test(cfg: DictConfig, config: dict[str, Any], run_dir: Path, record: RunRecord | None,
-                  checkpoint: Path | None, signals: StopSignals) -> float | None:
+def _fit_and_test(cfg: DictConfig, config: dict[str, Any], project: Project, run_dir: Path,
+                  record: RunRecord | None, checkpoint: Path | None, signals: StopSignals) -> float | None:
     import lightning.pytorch as pl
     from hydra.utils import instantiate
 
@@ -247,7 +283,7 @@ def _fit_and_test(cfg: DictConfig, config: dict[str, Any], run_dir: Path, record
 
     pl.seed_everything(int(cfg.seed), workers=True, verbose=False)
     datamodule = instantiate(cfg.data)
-    project = datamodule.project  # validates the whole dataset before anything is built
+    datamodule.use_project(project)
     extra = {}
     if "class_weights" in config["task"]["module"]:  # tasks whose loss takes per-class weights
         extra["class_weights"] = _class_weights(config["task"]["module"]["class_weights"],

@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable
-from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -13,10 +12,22 @@ import lightning.pytorch as pl
 from torch.utils.data import DataLoader
 
 from aistudio import AistudioError
-from aistudio.data.project import Project, load_project
+from aistudio.data.project import Project, load_and_report
 from aistudio.data.sampling import EpochShuffleSampler
+from aistudio.runs.stop import ignore_stop_signals, reap_workers_at_exit
 
 log = logging.getLogger(__name__)
+
+
+def init_worker(worker_id: int) -> None:
+    """Every DataLoader worker: leave stop signals to the main process (a terminal's Ctrl-C reaches the
+    whole process group), then seed the worker as Lightning would (``seed_everything(workers=True)``;
+    Lightning adds its own init function only to loaders that have none)."""
+    ignore_stop_signals()
+    if os.environ.get("PL_SEED_WORKERS") == "1":
+        from lightning.fabric.utilities.seed import pl_worker_init_function
+
+        pl_worker_init_function(worker_id)
 
 
 def default_num_workers() -> int:
@@ -49,6 +60,7 @@ class ProjectDataModule(pl.LightningDataModule):
         if project is None or str(project) in ("", "???"):
             raise AistudioError("data.project is not set — pass the folder holding dataset.json: data.project=/path")
         self.project_path = Path(str(project)).expanduser()
+        self._project: Project | None = None
         self.dataset_factory = dataset
         self.task = task
         self.split_index = int(split_index)
@@ -68,20 +80,17 @@ class ProjectDataModule(pl.LightningDataModule):
         self.seed = int(seed)
         self._datasets: dict[str, Any] = {}
 
-    @cached_property
+    @property
     def project(self) -> Project:
         """Validated once, before any model is built (all problems raised together)."""
-        project = load_project(self.project_path, task=self.task, split_index=self.split_index,
-                               check_images=self.check_images)
-        for warning in project.warnings[:20]:
-            log.warning("%s", warning)
-        if project.warnings:
-            log.warning("dataset %s: %d annotation(s) repaired or dropped (listed above, first 20)",
-                        self.project_path, len(project.warnings))
-        sizes = {s: len(project.split(s)) for s in ("train", "val", "test")}
-        log.info("dataset %s: %d classes, split %d -> train %d / val %d / test %d", self.project_path,
-                 project.num_classes, self.split_index, sizes["train"], sizes["val"], sizes["test"])
-        return project
+        if self._project is None:
+            self._project = load_and_report(self.project_path, task=self.task, split_index=self.split_index,
+                                            check_images=self.check_images)
+        return self._project
+
+    def use_project(self, project: Project) -> None:
+        """Adopt the project train.py already validated (before its heavy imports) instead of loading it again."""
+        self._project = project
 
     @property
     def num_classes(self) -> int:
@@ -114,6 +123,8 @@ class ProjectDataModule(pl.LightningDataModule):
         # exactly what the uninterrupted run would have seen (see aistudio/data/sampling.py)
         sampler = (EpochShuffleSampler(self._datasets[split], seed=self.seed, batch_size=self.batch_size)
                    if shuffle else None)
+        if self.num_workers > 0:
+            reap_workers_at_exit()  # they ignore SIGTERM: see init_worker
         return DataLoader(
             self._datasets[split],
             batch_size=self.batch_size if split == "train" else self.eval_batch_size,
@@ -123,6 +134,7 @@ class ProjectDataModule(pl.LightningDataModule):
             pin_memory=pin,
             collate_fn=self.collate_fn,
             drop_last=drop_last,
+            worker_init_fn=init_worker if self.num_workers > 0 else None,
         )
 
     def train_dataloader(self) -> DataLoader:

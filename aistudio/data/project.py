@@ -27,6 +27,7 @@ as one :class:`DatasetError`, so a user fixes the file once instead of once per 
 from __future__ import annotations
 
 import json
+import logging
 import os
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
@@ -41,6 +42,7 @@ DATASET_FILE = "dataset.json"
 SPLITS = ("train", "val", "test")
 TASKS = ("classification", "detection", "instance_segmentation", "semantic_segmentation")
 _EXAMPLES_PER_KIND = 5
+log = logging.getLogger("aistudio.data.datamodule")  # the run log's name for dataset lines
 
 
 class DatasetError(AistudioError):
@@ -105,6 +107,37 @@ class Project:
     def class_counts(self, split: str = "train") -> list[int]:
         counts = Counter(record.label for record in self.split(split))
         return [counts.get(i, 0) for i in range(self.num_classes)]
+
+
+def load_and_report(path: str | Path, *, task: str = "classification", split_index: int = 0,
+                    check_images: str = "header") -> Project:
+    """:func:`load_project`, then log what was repaired and the split sizes (what a run's log shows)."""
+    project = load_project(path, task=task, split_index=split_index, check_images=check_images)
+    for warning in project.warnings[:20]:
+        log.warning("%s", warning)
+    if project.warnings:
+        log.warning("dataset %s: %d annotation(s) repaired or dropped (listed above, first 20)", path,
+                    len(project.warnings))
+    sizes = {s: len(project.split(s)) for s in SPLITS}
+    log.info("dataset %s: %d classes, split %d -> train %d / val %d / test %d", path, project.num_classes,
+             split_index, sizes["train"], sizes["val"], sizes["test"])
+    return project
+
+
+def project_from_config(data: dict[str, Any]) -> Project:
+    """The validated project of a resolved ``data`` config (a built-in generator is materialised first).
+
+    Needs no torch or Lightning, so a broken dataset.json is reported before any heavy import."""
+    source = data.get("project")
+    if isinstance(source, dict) and "_target_" in source:
+        from hydra.utils import instantiate
+
+        source = instantiate(source)
+    if source is None or str(source) in ("", "???"):
+        raise AistudioError("data.project is not set — pass the folder holding dataset.json: data.project=/path")
+    return load_and_report(source, task=data.get("task") or "classification",
+                           split_index=int(data.get("split_index") or 0),
+                           check_images=data.get("check_images") or "header")
 
 
 def dataset_file(path: str | Path) -> Path:

@@ -9,16 +9,32 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
+TEMP_SUFFIX = ".tmp"
+
+
+def _file_mode() -> int:
+    """What a plain ``open(path, "w")`` would give: 0666 less the umask (mkstemp's files are 0600, which
+    would keep teammates on a shared machine or cluster from reading runs and datasets)."""
+    try:  # Linux: read it without changing it (os.umask would, for a moment, for every thread)
+        with open("/proc/self/status", encoding="ascii") as status:
+            umask = next(int(line.split()[1], 8) for line in status if line.startswith("Umask:"))
+    except (OSError, StopIteration, ValueError):
+        umask = os.umask(0o022)
+        os.umask(umask)
+    return 0o666 & ~umask
+
 
 def atomic_write(path: str | Path, write: Callable[[IO[Any]], object], mode: str = "w") -> None:
     """Call ``write(handle)`` on a temp file in the target's folder, fsync it, then rename it over ``path``.
 
     A reader (or a process killed mid-write) sees the old file or the new one, never a half-written one.
+    A temp file left by a kill is named ``.<name>.*.tmp``; :func:`remove_stale_temp_files` clears them.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMP_SUFFIX, dir=path.parent)
     try:
+        os.fchmod(fd, _file_mode())
         with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as handle:
             write(handle)
             handle.flush()
@@ -27,6 +43,17 @@ def atomic_write(path: str | Path, write: Callable[[IO[Any]], object], mode: str
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def remove_stale_temp_files(folder: str | Path) -> list[Path]:
+    """Delete the hidden ``.*.tmp`` files of interrupted atomic writes in ``folder`` and its checkpoints/
+    (a checkpoint's can be as large as the model). Call it only while no other process writes there."""
+    folder = Path(folder)
+    stale = [p for where in (folder, folder / "checkpoints") if where.is_dir()
+             for p in where.glob(f".*{TEMP_SUFFIX}") if p.is_file()]
+    for path in stale:
+        path.unlink(missing_ok=True)
+    return stale
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:

@@ -53,9 +53,10 @@ def load_runs(root: str | Path) -> list[tuple[Path, dict[str, Any]]]:
     return runs
 
 
-def find_run(reference: str, root: str | Path | None = None) -> Path:
+def find_run(reference: str, root: str | Path | None = None,
+             latest_of: tuple[str, ...] = ("interrupted", "failed")) -> Path:
     """A run directory from a path (the folder or a checkpoint in it), a run id (or a unique prefix,
-    or the folder name), or ``latest``: the newest interrupted or failed run."""
+    or the folder name), or ``latest``: the newest run whose status is one of ``latest_of``."""
     root = Path(root) if root else default_runs_root()
     path = Path(reference).expanduser()
     if path.is_file() and path.suffix == ".ckpt":
@@ -64,9 +65,10 @@ def find_run(reference: str, root: str | Path | None = None) -> Path:
         return path.resolve()
     runs = load_runs(root)
     if reference == "latest":
-        stopped = [(d, r) for d, r in runs if effective_status(r) in ("interrupted", "failed")]
+        stopped = [(d, r) for d, r in runs if effective_status(r) in latest_of]
         if not stopped:
-            raise AistudioError(f"resume=latest: no interrupted or failed run under {root} — nothing to resume")
+            raise AistudioError(f"latest: no {' or '.join(latest_of)} run under {root} — nothing to resume "
+                                "(aistudio runs list shows them all)")
         return max(stopped, key=lambda item: item[1].get("created_at") or "")[0].resolve()
     exact = [d for d, r in runs if reference in (r.get("id"), d.name)]
     matches = exact or [d for d, r in runs if str(r.get("id", "")).startswith(reference)]

@@ -1,12 +1,16 @@
 """Turn failures into one actionable message: out-of-memory (CUDA or the CPU allocator), data-loader
-worker deaths, and config keys a builder passes on to a constructor that does not take them.
+worker deaths, a full disk, and config keys a builder passes on to a constructor that does not take them.
 
-Otherwise each ends a run in a long traceback whose first line does not say what to change.
+Otherwise each ends a run in a long traceback whose first line does not say what to change (a full disk
+during a checkpoint write reads "[enforce fail at inline_container.cc:672] . unexpected pos ...").
 """
 
 from __future__ import annotations
 
+import errno
+import os
 import re
+from pathlib import Path
 from typing import Any
 
 from aistudio import AistudioError, exception_chain
@@ -28,14 +32,90 @@ def _unexpected_argument(chain: list[BaseException]) -> AistudioError | None:
                          f"(e.g. ~model.{name} when it was added with +model.{name}=...)")
 
 
+_DISK_FULL = {errno.ENOSPC: "no space left on device", errno.EDQUOT: "disk quota exceeded"}
+
+
+def _size(n: float) -> str:
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if n >= scale:
+            value = n / scale
+            return f"{value:.1f} {unit}" if value < 10 else f"{value:.0f} {unit}"
+    return f"{int(n)} bytes"
+
+
+def _mount(path: Path) -> tuple[Path, str | None]:
+    """The mount point holding ``path`` and its file-system type (from /proc/self/mounts, when readable)."""
+    path = path.resolve()
+    while not os.path.ismount(path) and path != path.parent:
+        path = path.parent
+    kind = None
+    try:
+        for line in Path("/proc/self/mounts").read_text().splitlines():
+            fields = line.split()
+            # spaces and the like are octal escapes there (\040)
+            if len(fields) > 2 and re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), fields[1]) == str(path):
+                kind = fields[2]  # the last entry wins: it is the one mounted on top
+    except OSError:
+        pass
+    return path, kind
+
+
+def _disk_full(chain: list[BaseException]) -> AistudioError | None:
+    """ENOSPC / EDQUOT anywhere in the chain (torch.save wraps it in "[enforce fail at inline_container.cc]
+    ... unexpected pos"): which file, about how much it needed, how much is free on which disk."""
+    full = next((c for c in chain if isinstance(c, OSError) and c.errno in _DISK_FULL), None)
+    if full is None:
+        return None
+    what = _DISK_FULL[full.errno]  # type: ignore[index]
+    named = next((getattr(c, "checkpoint_path", None) for c in chain if getattr(c, "checkpoint_path", None)), None)
+    named = named or next((c.filename for c in chain if isinstance(c, OSError) and c.filename), None)
+    needed = next((c.needed_bytes for c in chain if getattr(c, "needed_bytes", None)), None)
+    if named is not None:
+        target = Path(os.fsdecode(named))
+        folder, writing = target.parent, f"writing {target}"
+    else:  # a write to an already open file (metrics.json, a log) names none: the run directory's disk
+        folder = _hydra_run_dir()
+        if folder is None:
+            return AistudioError(f"{what} ({full}) — free space on the run directory's disk or set "
+                                 "paths.runs_root (or hydra.run.dir) to a folder on a larger disk")
+        writing = f"writing into {folder}"
+    amounts = [f"about {_size(needed)} needed"] if needed else []
+    existing = next((p for p in (folder, *folder.parents) if p.exists()), None)
+    where = ""
+    if existing is not None:
+        mount, kind = _mount(existing)
+        where = f" on {mount}"
+        try:
+            stats = os.statvfs(existing)
+            amounts.append(f"{_size(stats.f_bavail * stats.f_frsize)} free on {f'{kind} ' if kind else ''}{mount}")
+        except OSError:
+            pass
+    details = f" ({', '.join(amounts)})" if amounts else ""
+    advice = f"free space{where}"
+    if any((p / "run.json").is_file() for p in (folder, *folder.parents[:3])):  # in a run directory
+        advice += " or set paths.runs_root (or hydra.run.dir) to a folder on a larger disk"
+    return AistudioError(f"{what} {writing}{details} — {advice}")
+
+
+def _hydra_run_dir() -> Path | None:
+    """The current Hydra job's output (run) directory, when there is one."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        return Path(HydraConfig.get().runtime.output_dir)
+    except Exception:  # noqa: BLE001 - not inside a Hydra job
+        return None
+
+
 def explain_failure(error: BaseException, config: dict[str, Any] | None = None) -> AistudioError | None:
-    """An :class:`AistudioError` (caused by ``error``) for OOM and worker crashes, else None."""
+    """An :class:`AistudioError` (caused by ``error``) for OOM, worker crashes and a full disk, else None."""
     data = (config or {}).get("data") or {}
     chain = exception_chain(error)
-    typo = _unexpected_argument(chain)
-    if typo is not None:
-        typo.__cause__ = error
-        return typo
+    for explain in (_unexpected_argument, _disk_full):
+        problem = explain(chain)
+        if problem is not None:
+            problem.__cause__ = error
+            return problem
     for cause in chain:
         text = f"{type(cause).__name__}: {cause}".lower()
         first = str(cause).strip().splitlines()[0] if str(cause).strip() else type(cause).__name__

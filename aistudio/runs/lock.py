@@ -1,25 +1,31 @@
 """One active training run per project and device set (the design notes' GPU resource rule).
 
-The lock is an ``flock`` on a file under the lock folder (``AISTUDIO_LOCK_DIR``, default
-``~/.cache/aistudio/locks``), keyed by the project and the devices. The kernel drops an flock when
-its process dies, however it dies, so a lock left by kill -9 or the OOM killer is free again at once:
-nobody is ever asked to delete a file. Who holds a lock is in a JSON file beside it, written
-atomically, so the refusal can name the active run.
+The lock is a POSIX record lock (``fcntl.lockf``) on a file under the lock folder
+(``AISTUDIO_LOCK_DIR``, default ``~/.cache/aistudio/locks``), keyed by the project and the devices.
+It belongs to the process alone: the kernel drops it when that process dies, however it dies, and
+forked children (DataLoader workers) do not inherit it, so a lock left by kill -9 or the OOM killer is
+free again at once even while the dead run's workers are still winding down (an ``flock`` would stay
+held by them). Nobody is ever asked to delete a file. POSIX locks do not exclude the holder itself, so
+locks held by this process are also kept in :data:`_HELD`. Who holds a lock is in a JSON file beside
+it, written atomically, so the refusal can name the active run.
 """
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import hashlib
 import json
 import os
 import socket
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from aistudio import AistudioError
 from aistudio.runs.atomic import atomic_write_json, read_json
 from aistudio.runs.record import utc_now
+
+_HELD: set[Path] = set()  # lock files this process holds
 
 
 def default_lock_dir() -> Path:
@@ -57,29 +63,38 @@ class RunLock:
 
     def acquire(self, run_dir: str | Path, run_id: str | None) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        if self.path in _HELD:  # checked before opening: closing another descriptor would drop our lock
+            self._refuse()
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as err:
             os.close(fd)
-            holder = read_json(self.info_path, default={}) or {}
-            raise AistudioError(
-                f"another training run is active on this project and devices ({self.devices}): "
-                f"{holder.get('run_dir', '?')} (run {holder.get('run_id', '?')}, pid {holder.get('pid', '?')} on "
-                f"{holder.get('host', '?')}, started {holder.get('started_at', '?')}) — wait for it to end or stop "
-                f"it (aistudio runs list), or pass exclusive=false to share the devices on purpose") from None
+            if err.errno not in (errno.EAGAIN, errno.EACCES):  # e.g. no locks on this file system
+                raise
+            self._refuse()
         self._fd = fd
+        _HELD.add(self.path)
         atomic_write_json(self.info_path, {"run_dir": str(run_dir), "run_id": run_id, "pid": os.getpid(),
                                            "host": socket.gethostname(), "project": self.project,
                                            "devices": self.devices, "started_at": utc_now()})
+
+    def _refuse(self) -> NoReturn:
+        holder = read_json(self.info_path, default={}) or {}
+        raise AistudioError(
+            f"another training run is active on this project and devices ({self.devices}): "
+            f"{holder.get('run_dir', '?')} (run {holder.get('run_id', '?')}, pid {holder.get('pid', '?')} on "
+            f"{holder.get('host', '?')}, started {holder.get('started_at', '?')}) — wait for it to end or stop "
+            f"it (aistudio runs list), or pass exclusive=false to share the devices on purpose") from None
 
     def release(self) -> None:
         if self._fd is None:
             return
         self.info_path.unlink(missing_ok=True)
-        fcntl.flock(self._fd, fcntl.LOCK_UN)
-        os.close(self._fd)
+        fcntl.lockf(self._fd, fcntl.LOCK_UN)
+        os.close(self._fd)  # closing any descriptor of the file would drop the lock: this is the only one
         self._fd = None
+        _HELD.discard(self.path)
 
     def __enter__(self) -> RunLock:
         return self

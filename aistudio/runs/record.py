@@ -97,13 +97,16 @@ class RunRecord:
             data = existing
             history = data.setdefault("history", [])
             previous = {k: data.get(k) for k in ("attempt", "status", "started_at", "ended_at", "error")}
+            previous["duration_s"] = data.get("attempt_duration_s", data.get("duration_s"))
             reason = stale_reason(data)
             if reason:  # its process died without a word (kill -9, OOM killer, power loss)
                 previous.update(status="interrupted", ended_at=data.get("heartbeat_at"),
+                                duration_s=_seconds_between(data.get("started_at") or data.get("pending_at"),
+                                                            data.get("heartbeat_at")),
                                 error={"type": "Stale", "message": reason, "traceback": None})
             history.append(previous)
             data["attempt"] = int(data.get("attempt", 1)) + 1
-            for key in ("started_at", "ended_at", "duration_s", "error"):
+            for key in ("started_at", "ended_at", "duration_s", "attempt_duration_s", "error"):
                 data[key] = None
         else:
             data = {
@@ -123,6 +126,7 @@ class RunRecord:
             }
         data.update(
             status="pending",
+            pending_at=now,  # this attempt's start (started_at: when training began)
             run_dir=str(run_dir),
             command=shlex.join([os.path.basename(sys.executable), *sys.argv]),
             argv=list(sys.argv),
@@ -159,11 +163,13 @@ class RunRecord:
         self.update(status="running", started_at=utc_now())
 
     def _finish(self, status: str, **fields: Any) -> None:
-        ended = datetime.now(timezone.utc)
-        started = self.data.get("started_at") or self.data.get("created_at")
-        duration = (ended - datetime.fromisoformat(started)).total_seconds() if started else None
-        self.update(status=status, ended_at=ended.isoformat(timespec="milliseconds"),
-                    duration_s=round(duration, 3) if duration is not None else None, **fields)
+        """``duration_s`` is the run's training time over all attempts; ``attempt_duration_s`` this one's
+        (each earlier attempt's is in ``history``)."""
+        ended = utc_now()
+        this = _seconds_between(self.data.get("started_at") or self.data.get("pending_at"), ended)
+        earlier = sum(past.get("duration_s") or 0.0 for past in self.data.get("history") or [])
+        self.update(status=status, ended_at=ended, attempt_duration_s=this,
+                    duration_s=round(this + earlier, 3) if this is not None else None, **fields)
 
     def mark_completed(self, **fields: Any) -> None:
         self._finish("completed", **fields)
@@ -173,6 +179,12 @@ class RunRecord:
 
     def mark_interrupted(self, reason: str) -> None:
         self._finish("interrupted", error={"type": "Interrupted", "message": reason, "traceback": None})
+
+
+def _seconds_between(start: str | None, end: str | None) -> float | None:
+    if not start or not end:
+        return None
+    return round((datetime.fromisoformat(end) - datetime.fromisoformat(start)).total_seconds(), 3)
 
 
 def describe_error(error: BaseException) -> dict[str, Any]:

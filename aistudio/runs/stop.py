@@ -9,6 +9,7 @@ testing) there is nothing to save and the run stops at once. A second Ctrl-C sto
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import threading
 from pathlib import Path
@@ -44,6 +45,45 @@ def stopped_by(error: BaseException | None) -> TrainingStopped | None:
     return next((e for e in exception_chain(error) if isinstance(e, TrainingStopped)), None)
 
 
+def ignore_stop_signals() -> None:
+    """For child processes (DataLoader workers): a terminal's Ctrl-C, ``timeout`` or a scheduler signals
+    the whole process group, and the main process alone decides how the run stops (it saves last.ckpt,
+    then shuts its workers down). A worker that raised or died here would fail the run instead."""
+    for signum in (*STOP_SIGNALS, *FORWARDED_SIGNALS):
+        signal.signal(signum, signal.SIG_IGN)
+
+
+_REAPER_REGISTERED = False
+
+
+def reap_workers_at_exit() -> None:
+    """Register (once, in the main process) an exit hook that kills leftover daemonic children.
+
+    multiprocessing ends daemonic children at interpreter exit with SIGTERM and then waits for them; DataLoader
+    workers ignore SIGTERM (:func:`ignore_stop_signals`), so a run that stops while a loader still has live
+    workers (a stop during start-up or validation) would wait forever. atexit hooks run last-registered first,
+    so this one runs before multiprocessing's own."""
+    global _REAPER_REGISTERED
+    if not _REAPER_REGISTERED:
+        import atexit
+
+        atexit.register(_kill_leftover_workers)
+        _REAPER_REGISTERED = True
+
+
+def _kill_leftover_workers() -> None:
+    import multiprocessing
+
+    children = [child for child in multiprocessing.active_children() if child.daemon]
+    if not children:
+        return
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)  # torch's handler would report them as crashed workers
+    for child in children:
+        child.kill()
+    for child in children:
+        child.join(timeout=5)
+
+
 class StopSignals:
     """Signal handlers for one run; ``deferred`` while the training loop can stop at a batch boundary."""
 
@@ -52,6 +92,7 @@ class StopSignals:
         self.deferred = False
         self.saved_checkpoint: Path | None = None  # set by the training loop when it saved at the stop
         self._previous: dict[int, Any] = {}
+        self._owner = os.getpid()
 
     def install(self) -> None:
         if threading.current_thread() is not threading.main_thread():
@@ -69,6 +110,8 @@ class StopSignals:
         self._previous.clear()
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
+        if os.getpid() != self._owner:
+            return  # a forked child (DataLoader worker) before its worker_init_fn ignored stop signals
         if self.received is not None and signum == signal.SIGINT:
             raise KeyboardInterrupt  # a second Ctrl-C: the user does not want to wait
         self.received = signum

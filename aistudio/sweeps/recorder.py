@@ -2,8 +2,10 @@
 
 It works with any sweeper (basic, Optuna) and launcher (in-process, joblib workers, SLURM nodes):
 every job adds its own entry when it ends (under an flock on the sweep folder, since jobs may end at
-the same moment on different processes), taking the facts from its run.json. At the end the jobs
-are ranked by their objective, printed as a table, and a sweep with a failed job exits non-zero.
+the same moment on different processes), taking the facts from its run.json. The summary fields
+(``status``, ``failed_jobs``, ``best_job``) are computed from the entries by :func:`summarize` in the
+same write as any change to an entry, so they never contradict them. At the end the jobs are ranked
+by their objective, printed as a table, and a sweep with a failed job exits non-zero.
 """
 
 from __future__ import annotations
@@ -70,6 +72,22 @@ def ranked(jobs: dict[str, dict[str, Any]]) -> list[tuple[str, dict[str, Any]]]:
     return scored + rest
 
 
+def summarize(data: dict[str, Any]) -> None:
+    """Set sweep.json's summary from its job entries (the one place it is computed; called on every change).
+
+    ``failed_jobs``: jobs whose entry is not completed (failed, interrupted), by number. ``best_job``: the
+    best objective (None before any). ``status``: ``running`` until the multirun has ended (``ended_at``),
+    then ``failed`` if a job did not complete, else ``completed``.
+    """
+    jobs = data.get("jobs") or {}
+    failed = sorted((n for n, j in jobs.items() if j.get("status") != "completed"),
+                    key=lambda n: (0, int(n)) if str(n).isdigit() else (1, str(n)))
+    best = ranked(jobs)
+    data.update(failed_jobs=failed,
+                best_job=best[0][0] if best and best[0][1].get("objective") is not None else None,
+                status="running" if not data.get("ended_at") else "failed" if failed else "completed")
+
+
 def summary_table(data: dict[str, Any]) -> str:
     """Ranked jobs with the overrides that differ between them (the common ones are the sweep's)."""
     rows = ranked(data.get("jobs") or {})
@@ -92,15 +110,20 @@ class SweepRecorder(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(str(config.hydra.sweep.dir))
         overrides = [str(o) for o in config.hydra.overrides.task]
+        if "optuna" in str(config.hydra.sweeper.get("_target_", "")):
+            from aistudio.sweeps.optuna_search import check_stored_direction
+
+            check_stored_direction(config.hydra.sweeper)  # before anything is written or trained
 
         def start(data: dict[str, Any]) -> None:
             history = data.setdefault("history", [])
             if data.get("started_at"):  # the same sweep folder again (a resumed Optuna study)
                 history.append({k: data.get(k) for k in ("started_at", "ended_at", "status")})
-            data.update(sweep_dir=str(sweep_dir.resolve()), status="running", started_at=utc_now(), ended_at=None,
+            data.update(sweep_dir=str(sweep_dir.resolve()), started_at=utc_now(), ended_at=None,
                         command=shlex.join([os.path.basename(sys.executable), *sys.argv]), overrides=overrides,
                         sweeper=str(config.hydra.sweeper.get("_target_", "")),
                         launcher=str(config.hydra.launcher.get("_target_", "")))
+            summarize(data)  # running; jobs kept from an earlier sweep in this folder still count
         update_sweep(sweep_dir, start)
 
     def on_job_end(self, config: DictConfig, job_return: Any, **kwargs: Any) -> None:
@@ -112,7 +135,11 @@ class SweepRecorder(Callback):
             return
         sweep_dir = Path(str(hydra.sweep.dir))
         entry = job_entry(Path(hydra.runtime.output_dir).resolve(), [str(o) for o in hydra.overrides.task])
-        update_sweep(sweep_dir, lambda data: data.setdefault("jobs", {}).__setitem__(str(hydra.job.num), entry))
+
+        def record(data: dict[str, Any]) -> None:
+            data.setdefault("jobs", {})[str(hydra.job.num)] = entry
+            summarize(data)
+        update_sweep(sweep_dir, record)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(str(config.hydra.sweep.dir))
@@ -120,10 +147,8 @@ class SweepRecorder(Callback):
         def finish(data: dict[str, Any]) -> None:
             for number, job in (data.get("jobs") or {}).items():  # the truth at the end: each run.json
                 data["jobs"][number] = {**job, **job_entry(Path(job["run_dir"]), job.get("overrides") or [])}
-            failed = [n for n, j in (data.get("jobs") or {}).items() if j.get("status") != "completed"]
-            data.update(status="failed" if failed else "completed", ended_at=utc_now(), failed_jobs=failed)
-            best = ranked(data.get("jobs") or {})
-            data["best_job"] = best[0][0] if best and best[0][1].get("objective") is not None else None
+            data["ended_at"] = utc_now()
+            summarize(data)
         data = update_sweep(sweep_dir, finish)
         print(f"\nsweep {sweep_dir} ({len(data.get('jobs') or {})} jobs, ranked by objective):\n"
               f"{summary_table(data)}", flush=True)

@@ -103,22 +103,44 @@ class RunDirectoryCallback(Callback):
                 best = entry
         return best
 
+    def _best_field(self, best: dict[str, Any] | None) -> dict[str, Any] | None:
+        """run.json's ``best`` for a metrics.json entry."""
+        return {"metric": self.monitor, "mode": self.mode, "value": best.get(self.monitor),
+                "epoch": best["epoch"]} if best else None
+
     def _update_record(self) -> None:
         if self.record is None:
             return
-        best = self.best_entry()
         self.record.update(
             epochs_completed=len(self.entries),
-            best={"metric": self.monitor, "mode": self.mode, "value": best[self.monitor], "epoch": best["epoch"]}
-            if best else None,
+            best=self._best_field(self.best_entry()),
             last_metrics=self.entries[-1] if self.entries else {},
             heartbeat_at=utc_now(),
         )
 
+    def record_best_on_disk(self, epoch: int | None) -> None:
+        """A checkpoint write failed: make run.json's ``best`` the epoch the best checkpoint on disk really
+        holds (``None``: there is none), never one whose checkpoint was not written. Called by
+        :class:`~aistudio.training.checkpoint.BestAndLastCheckpoint` before the run is marked failed."""
+        if self.record is None:
+            return
+        entry = next((e for e in self.entries if epoch is not None and int(e.get("epoch", -1)) == epoch), None)
+        if entry is None and epoch is not None:  # the entry is gone (metrics.json edited): the epoch is still true
+            entry = {"epoch": epoch}
+        if self._best_field(entry) != self.record.data.get("best"):
+            log.warning("run.json best: epoch %s -> %s (the checkpoint on disk)",
+                        (self.record.data.get("best") or {}).get("epoch"), epoch)
+            self.record.update(best=self._best_field(entry))
+
     def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
                            checkpoint: dict[str, Any]) -> None:
         checkpoint["aistudio"] = {"config": self.run_config, "class_names": getattr(pl_module, "class_names", []),
-                                  "run_dir": str(self.run_dir)}
+                                  "run_dir": str(self.run_dir), "epoch_lr": dict(self._epoch_lr)}
+
+    def on_load_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
+                           checkpoint: dict[str, Any]) -> None:
+        # a resume inside an epoch gets no on_train_epoch_start: that epoch's starting lr comes from here
+        self._epoch_lr = dict((checkpoint.get("aistudio") or {}).get("epoch_lr") or {})
 
 
 def progress_bar(kind: str = "auto") -> Callback | None:

@@ -5,10 +5,16 @@ improved, so resuming would silently go back to the best epoch; and its writer t
 place, so a kill mid-write leaves a broken checkpoint. :class:`BestAndLastCheckpoint` writes ``last``
 after every validation (a hard link to ``best`` when both are the same step: one write, not two);
 :class:`AtomicCheckpointIO` writes every checkpoint to a temp file, fsyncs and renames it.
+
+A failed write (a full disk, above all) is a :class:`CheckpointWriteError` naming the file and its size,
+raised at the write, or — for a background write — before the next training step; the temp file is
+removed, nothing queued after it is written, and run.json's ``best`` is set back to what ``best.ckpt``
+really holds. :mod:`aistudio.runs.failures` turns it into one message that names the disk.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -21,7 +27,32 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning_utilities.core.apply_func import apply_to_collection
 
+from aistudio import exception_chain
 from aistudio.runs.atomic import atomic_write
+
+log = logging.getLogger("aistudio.train")
+
+
+class CheckpointWriteError(RuntimeError):
+    """Writing (or linking) a checkpoint failed; the original error (e.g. torch's enforce-fail wrapping an
+    ``OSError`` ENOSPC) is chained as the cause.
+
+    ``checkpoint_path`` and ``needed_bytes`` (the checkpoint's approximate size) are what
+    :func:`aistudio.runs.failures.explain_failure` quotes for a full disk.
+    """
+
+    def __init__(self, checkpoint_path: str | Path, needed_bytes: int | None, cause: BaseException | str):
+        self.checkpoint_path = Path(checkpoint_path)
+        self.needed_bytes = needed_bytes
+        if isinstance(cause, BaseException):  # the OSError inside torch's wrapping says what happened
+            reason = next((c for c in exception_chain(cause) if isinstance(c, OSError)), cause)
+            cause = str(reason).strip().splitlines()[0] if str(reason).strip() else type(reason).__name__
+        self.reason = cause
+        size = f" (about {needed_bytes / 1e6:.1f} MB)" if needed_bytes else ""
+        super().__init__(f"writing checkpoint {self.checkpoint_path}{size} failed: {cause}")
+
+    def __reduce__(self) -> tuple[Any, ...]:  # picklable (the cause is not carried along)
+        return (type(self), (str(self.checkpoint_path), self.needed_bytes, self.reason))
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -30,6 +61,11 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     With ``background=True`` the tensors are copied on the caller's thread (a point-in-time snapshot)
     and written by one background thread, so training does not wait for the disk. Writes, links and
     removals run in submission order; :meth:`teardown` (end of fit/test) waits for all of them.
+
+    A failed write raises :class:`CheckpointWriteError` (its temp file removed). In the background, the
+    writer then skips everything queued after it (no link to a stale file, no removal), and the error is
+    raised by the next :meth:`check` (:class:`BestAndLastCheckpoint` calls it before every training step),
+    the next write, or :meth:`teardown` — whichever comes first, and by every later write until teardown.
     """
 
     def __init__(self, background: bool = False):
@@ -37,48 +73,85 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         self.background = background
         self._executor: ThreadPoolExecutor | None = None
         self._error: BaseException | None = None
+        self._raised = False  # the error has reached the training thread (teardown must not raise it again)
+
+    @property
+    def failed(self) -> bool:
+        """Whether a background write failed (and :meth:`teardown` has not reset it yet)."""
+        return self._error is not None
+
+    def wait(self) -> None:
+        """Block until every write, link and removal submitted so far is done (a failure stays for :meth:`check`)."""
+        if self._executor is not None:
+            self._executor.submit(lambda: None).result()
+
+    def check(self) -> None:
+        """Raise the error of a failed background write, if there was one."""
+        if self._error is not None:
+            self._raised = True
+            raise self._error
 
     def _submit(self, fn: Callable[..., None], *args: Any) -> None:
         if not self.background:
             fn(*args)
             return
-        if self._error is not None:
-            error, self._error = self._error, None
-            raise error
+        self.check()
         if self._executor is None:
             self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="checkpoint-writer",
                                                 initializer=_lowest_cpu_priority)
 
         def run() -> None:
+            if self._error is not None:  # an earlier write failed: leave the files as they are
+                return
             try:
                 fn(*args)
-            except BaseException as err:  # surfaced on the next call or at teardown
+            except BaseException as err:  # raised in the training thread by check(), the next call or teardown
                 self._error = err
 
         self._executor.submit(run)
 
     @staticmethod
-    def _write(checkpoint: dict[str, Any], path: Path) -> None:
-        atomic_write(path, lambda handle: torch.save(checkpoint, handle), mode="wb")
+    def _write(checkpoint: dict[str, Any], path: Path, size: int | None = None) -> None:
+        try:
+            atomic_write(path, lambda handle: torch.save(checkpoint, handle), mode="wb")
+        except Exception as err:  # atomic_write has removed the temp file
+            raise CheckpointWriteError(path, size, err) from err
+
+    @staticmethod
+    def _link(source: Path, target: Path) -> None:
+        try:
+            replace_with_link(source, target)
+        except Exception as err:
+            size = source.stat().st_size if source.is_file() else None
+            raise CheckpointWriteError(target, size, err) from err
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None) -> None:
-        if self.background:
-            checkpoint = apply_to_collection(checkpoint, torch.Tensor, lambda t: t.detach().clone())
-        self._submit(self._write, checkpoint, Path(path))
+        size = 0  # the tensors' bytes: about the file's size, quoted when the disk is full
+
+        def snapshot(tensor: torch.Tensor) -> torch.Tensor:
+            nonlocal size
+            size += tensor.nelement() * tensor.element_size()
+            return tensor.detach().clone() if self.background else tensor
+
+        copy = apply_to_collection(checkpoint, torch.Tensor, snapshot)
+        self._submit(self._write, copy if self.background else checkpoint, Path(path), size or None)
 
     def remove_checkpoint(self, path: Any) -> None:
         self._submit(super().remove_checkpoint, path)
 
     def link(self, source: str | Path, target: str | Path) -> None:
         """Make ``target`` the same file as ``source`` (after ``source``'s pending write)."""
-        self._submit(replace_with_link, Path(source), Path(target))
+        self._submit(self._link, Path(source), Path(target))
 
     def teardown(self) -> None:
+        """Wait for the pending writes; raise a failure the training thread has not seen yet. Resets the
+        failure, so the same plugin can serve the next stage."""
         if self._executor is not None:
             self._executor.shutdown(wait=True)
             self._executor = None
-        if self._error is not None:
-            error, self._error = self._error, None
+        error, raised = self._error, self._raised
+        self._error, self._raised = None, False
+        if error is not None and not raised:
             raise error
 
 
@@ -101,10 +174,14 @@ def replace_with_link(source: str | Path, target: str | Path) -> None:
     tmp = target.with_name(f".{target.name}.link.tmp")
     tmp.unlink(missing_ok=True)
     try:
-        os.link(source, tmp)
-    except OSError:
-        shutil.copyfile(source, tmp)
-    os.replace(tmp, target)
+        try:
+            os.link(source, tmp)
+        except OSError:
+            shutil.copyfile(source, tmp)
+        os.replace(tmp, target)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # a copy cut short by a full disk
+        raise
 
 
 class BestAndLastCheckpoint(ModelCheckpoint):
@@ -155,3 +232,49 @@ class BestAndLastCheckpoint(ModelCheckpoint):
         super().on_train_epoch_end(trainer, pl_module)
         if self._should_save_on_train_epoch_end(trainer):
             self._ensure_last(trainer)
+
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any,
+                             batch_idx: int) -> None:
+        """A background write that failed stops the run before the next training step."""
+        checkpoint_io = trainer.strategy.checkpoint_io
+        if isinstance(checkpoint_io, AtomicCheckpointIO) and checkpoint_io.failed:
+            log.error("a checkpoint write failed: stopping before epoch %d batch %d (step %d)",
+                      trainer.current_epoch, batch_idx, trainer.global_step)
+            checkpoint_io.check()
+
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        failed = any(isinstance(c, CheckpointWriteError) for c in exception_chain(exception))
+        checkpoint_io = trainer.strategy.checkpoint_io
+        if isinstance(checkpoint_io, AtomicCheckpointIO):
+            checkpoint_io.wait()  # a write still pending when something else failed may fail too
+            failed = failed or checkpoint_io.failed
+        if not failed:
+            super().on_exception(trainer, pl_module, exception)
+            return
+        # nothing more is written to a disk that just failed, and run.json must not name a best epoch
+        # whose checkpoint never made it there
+        if trainer.is_global_zero:
+            self._record_best_on_disk(trainer)
+
+    def _record_best_on_disk(self, trainer: pl.Trainer) -> None:
+        from aistudio.training.callbacks import RunDirectoryCallback
+
+        run = next((c for c in trainer.callbacks if isinstance(c, RunDirectoryCallback)), None)
+        if run is None or run.monitor != self.monitor:
+            return
+        path = Path(self.best_model_path) if self.best_model_path else None
+        epoch = checkpoint_epoch(path) if path is not None and path.is_file() else None
+        try:
+            run.record_best_on_disk(epoch)
+        except Exception:  # noqa: BLE001 - the disk error is what the run must end with
+            log.exception("could not correct run.json's best after the failed checkpoint write")
+
+
+def checkpoint_epoch(path: str | Path) -> int | None:
+    """The epoch a checkpoint file holds, or None when it cannot be read (memory-mapped: tensors stay on disk)."""
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
+        epoch = checkpoint.get("epoch")
+        return int(epoch) if epoch is not None else None
+    except Exception:  # noqa: BLE001 - an unreadable file holds no epoch we could name
+        return None

@@ -9,6 +9,7 @@ from typing import Any
 from lightning.pytorch.callbacks import Callback
 
 from aistudio.runs.stop import StopSignals, TrainingStopped
+from aistudio.training.checkpoint import AtomicCheckpointIO
 
 log = logging.getLogger("aistudio.train")
 
@@ -41,6 +42,12 @@ class GracefulStop(Callback):
         if isinstance(exception, TrainingStopped) and trainer.state.fn == "fit" \
                 and not trainer.sanity_checking:
             trainer.save_checkpoint(self.last_checkpoint)
+            checkpoint_io = trainer.strategy.checkpoint_io
+            if isinstance(checkpoint_io, AtomicCheckpointIO):  # the record says "saved" only once it is
+                checkpoint_io.wait()
+                if checkpoint_io.failed:
+                    log.error("could not save %s at the stop (the write failed)", self.last_checkpoint)
+                    return
             self.signals.saved_checkpoint = self.last_checkpoint
             log.info("saved %s at epoch %d, step %d", self.last_checkpoint, trainer.current_epoch,
                      trainer.global_step)

@@ -77,11 +77,35 @@ class ResumeState(Callback):
         state, self._restored = self._restored, None
         if not state:
             return
-        set_rng_states(state["rng"])
         done = int(state.get("batches_done") or 0)
-        sampler = getattr(trainer.train_dataloader, "sampler", None)
-        if 0 < done < trainer.num_training_batches and isinstance(sampler, EpochShuffleSampler):
-            sampler.skip_next(done * trainer.train_dataloader.batch_size)
+        inside = 0 < done < trainer.num_training_batches
+        if inside:  # the uninterrupted run drew this epoch's loader seed before the checkpoint's RNG state
+            self._restart_data(trainer, done)
+            set_rng_states(state["rng"])
             self.batches_done, self._inside_epoch = done, True
             log.info("resuming inside epoch %d: %d batches were done, continuing with the rest",
                      trainer.current_epoch, done)
+        else:  # ...and the next epoch's after it
+            set_rng_states(state["rng"])
+            self._restart_data(trainer, 0)
+
+    @staticmethod
+    def _restart_data(trainer: Any, batches_done: int) -> None:
+        """Point the training order at the epoch being resumed, past the batches already done, and start
+        the loader's iterator again.
+
+        Lightning creates the first epoch's iterator in ``setup_data``, before this hook and before it sets
+        the sampler's epoch; with DataLoader workers that iterator has already drawn its first indices (from
+        epoch 0's order, without the skip). Restarting it here is what Lightning itself does at the start of
+        every later epoch (``iter(data_fetcher)``), so the loop's own batch count stays right.
+        """
+        loader = trainer.train_dataloader
+        sampler = getattr(loader, "sampler", None)
+        if not isinstance(sampler, EpochShuffleSampler):
+            return
+        sampler.set_epoch(trainer.current_epoch)
+        if batches_done:
+            sampler.skip_next(batches_done * loader.batch_size)
+        fetcher = getattr(trainer.fit_loop, "_data_fetcher", None)
+        if fetcher is not None:
+            iter(fetcher)

@@ -2,7 +2,7 @@
 # Download, on a machine WITH PyPI access, the wheels gpu.sh needs on an OFFLINE GPU machine whose python3
 # already holds torch, torchvision, lightning, torchmetrics, opencv, scikit-learn, tensorboard, numpy,
 # scipy, pyyaml (this workplace's CUDA image: CPython 3.12, x86-64). Only the packages that image lacks
-# are fetched (about 10 MB); gpu.sh installs them with --no-index --find-links when PyPI is unreachable.
+# are fetched (about 11 MB); gpu.sh installs them with --no-index --find-links when PyPI is unreachable.
 #
 #   bash scripts/bench/fetch_wheels.sh [DIR]      # DIR defaults to .whl in the repo root
 #   PYVER=3.12 (target CPython version)  PYTHON=python3 (the pip used to download)
@@ -19,7 +19,7 @@ mkdir -p "$DIR"
 # versions known to work together (those of the development venv)
 BINARY=(hydra-core==1.3.8 omegaconf==2.3.1 albumentations==2.0.8 albucore==0.0.24 pydantic==2.14.4
         pydantic-core==2.50.5 annotated-types==0.8.0 typing-inspection==0.4.5 stringzilla==5.3.2
-        simsimd==6.5.16)
+        simsimd==6.5.16 pycocotools==2.0.11 faster-coco-eval==1.8.0)
 PLATFORMS=()
 for p in manylinux_2_17_x86_64 manylinux2014_x86_64 manylinux_2_24_x86_64 manylinux_2_27_x86_64 \
          manylinux_2_28_x86_64 manylinux_2_31_x86_64 manylinux_2_34_x86_64 manylinux_2_35_x86_64 \
