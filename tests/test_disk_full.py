@@ -165,7 +165,8 @@ def mount_tmpfs(where: Path, size_bytes: int) -> None:
 
 
 @pytest.mark.slow
-def test_disk_full_during_checkpoint_write_fails_the_run_at_once(tmp_path):
+@pytest.mark.parametrize("background", [True, False])
+def test_disk_full_during_checkpoint_write_fails_the_run_at_once(tmp_path, background):
     project = make_color_project(tmp_path / "colors")
     size = checkpoint_bytes("mobilenet_v3_small")
     disk = tmp_path / "small_disk"
@@ -175,7 +176,8 @@ def test_disk_full_during_checkpoint_write_fails_the_run_at_once(tmp_path):
         fast = [a for a in FAST_TRAIN if not a.startswith("model=")]
         args = ["data=project", f"data.project={project}", *fast, "model=mobilenet_v3_small",
                 "trainer.max_epochs=4", "task.monitor=step", "task.mode=max",  # every epoch writes a new best
-                "callbacks.early_stopping=null", f"hydra.run.dir={run_dir}"]
+                "callbacks.early_stopping=null", f"checkpoint_io.background={str(background).lower()}",
+                f"hydra.run.dir={run_dir}"]
         result = run_train(args, tmp_path, timeout=300)
         assert result.returncode == 1, result.stderr[-3000:]
         record = load_run(run_dir)
@@ -186,7 +188,12 @@ def test_disk_full_during_checkpoint_write_fails_the_run_at_once(tmp_path):
         assert message in result.stderr
 
         epochs = [m["epoch"] for m in json.loads((run_dir / "metrics.json").read_text())]
-        assert epochs == [0, 1], f"trained on after epoch 1's failed checkpoint write: {epochs}"
+        if background:  # the write runs beside training, at low priority: its failure is raised at the first
+            # training step after it (the in-process test above checks that step exactly); on this tiny set an
+            # epoch (3 steps) can be shorter than the write
+            assert epochs[:2] == [0, 1], epochs
+        else:
+            assert epochs == [0, 1], f"trained on after epoch 1's failed checkpoint write: {epochs}"
         best = run_dir / "checkpoints" / "best.ckpt"
         assert best.is_file(), "epoch 0's checkpoint should fit: is the tmpfs sized right?"
         assert record["best"]["epoch"] == torch.load(best, map_location="cpu", weights_only=False)["epoch"] == 0
