@@ -4,6 +4,7 @@ Importing the package stays cheap (no torch): the CLI composes configs without h
 """
 
 import os
+from pathlib import Path
 
 # albumentations checks PyPI for updates on every import (a 2 s timeout offline); we never want that.
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
@@ -29,3 +30,19 @@ def exception_chain(error: BaseException | None) -> list[BaseException]:
 def user_error(error: BaseException | None) -> AistudioError | None:
     """The :class:`AistudioError` behind ``error``, if any."""
     return next((e for e in exception_chain(error) if isinstance(e, AistudioError)), None)
+
+
+def user_path(path: str | os.PathLike) -> Path:
+    """A path given on the command line, relative to the folder the command ran in (also when Hydra changed
+    the working directory: ``hydra.job.chdir=True``)."""
+    path = Path(path).expanduser()
+    if path.is_absolute():
+        return path
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        if HydraConfig.initialized():
+            return Path(HydraConfig.get().runtime.cwd) / path
+    except ImportError:
+        pass
+    return path.resolve()

@@ -75,3 +75,28 @@ def test_import_voc_and_masks_commands(tmp_path, capsys):
                  "--instances"]) == 0
     assert main(["validate", str(tmp_path / "seg"), "--task", "instance_segmentation"]) == 0
     assert "2 classes, 8 images" in capsys.readouterr().out
+
+
+def test_runs_root_flag_in_either_position_json_best_and_a_missing_root(tmp_path, capsys):
+    from aistudio.runs.record import RunRecord
+
+    record = RunRecord.create(tmp_path / "runs" / "one")
+    record.mark_running()
+    record.update(best={"metric": "val_acc", "mode": "max", "value": 0.5, "epoch": 3})
+    record.mark_completed()
+    for argv in (["runs", "--root", str(tmp_path / "runs"), "list", "--json"],
+                 ["runs", "list", "--root", str(tmp_path / "runs"), "--json"]):
+        assert main(argv) == 0
+        rows = json.loads(capsys.readouterr().out)
+        assert [(r["id"], r["status"]) for r in rows] == [(record.data["id"], "completed")]
+        assert rows[0]["best"] == {"metric": "val_acc", "mode": "max", "value": 0.5, "epoch": 3}
+    assert main(["runs", "list", "--root", str(tmp_path / "runs")]) == 0
+    assert "val_acc=0.5 (ep 3)" in capsys.readouterr().out  # the table keeps the short form
+
+    # a folder that does not exist is an error naming it and how to choose another, not "no runs"
+    assert main(["runs", "list", "--root", str(tmp_path / "elsewhere")]) == 1
+    error = capsys.readouterr().err
+    assert str(tmp_path / "elsewhere") in error and "--root" in error
+    (tmp_path / "empty").mkdir()
+    assert main(["runs", "list", "--root", str(tmp_path / "empty")]) == 0
+    assert f"no runs under {tmp_path / 'empty'}" in capsys.readouterr().out

@@ -213,3 +213,25 @@ def test_a_failing_sweep_job_is_recorded_and_the_others_still_run(tmp_path, colo
     failed, completed = (json.loads((sweep / job / "run.json").read_text()) for job in ("0", "1"))
     assert failed["status"] == "failed" and "Invalid learning rate" in failed["error"]["message"]
     assert completed["status"] == "completed"
+
+
+def test_logger_none_trains_and_relative_paths_survive_hydra_chdir(tmp_path, color_project):
+    # logger=none: no LR monitor (Lightning refuses one without a logger); the lr is still in metrics.json
+    first = tmp_path / "runs" / "first"
+    result = run_train(["data=project", f"data.project={color_project}", *FAST_TRAIN, "trainer.max_epochs=1",
+                        "logger=none", f"hydra.run.dir={first}"], tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert not (first / "tensorboard").exists()
+    assert any(k.startswith("lr_") for k in json.loads((first / "metrics.json").read_text())[0])
+
+    # hydra.job.chdir=True: the job runs inside its run directory, but data.project and model.weights given
+    # relative to the folder the command ran in still mean that folder's files
+    second = tmp_path / "runs" / "second"
+    relative = [f"data.project={color_project.relative_to(tmp_path)}",
+                f"model.weights={(first / 'checkpoints' / 'best.ckpt').relative_to(tmp_path)}"]
+    result = subprocess.run([sys.executable, str(ROOT / "train.py"), "data=project", *relative, *FAST_TRAIN,
+                             "trainer.max_epochs=1", "hydra.job.chdir=True", f"hydra.run.dir={second}"],
+                            cwd=tmp_path, env=subprocess_env(tmp_path), capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads((second / "run.json").read_text())["status"] == "completed"
+    assert "tensors from" in (second / "logs" / "training.log").read_text()  # the weights file was found

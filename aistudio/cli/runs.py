@@ -40,12 +40,13 @@ def _best(data: dict[str, Any]) -> str:
     return f"{best.get('metric')}={best['value']:.4g} (ep {best.get('epoch')})"
 
 
-def summary_rows(root: Path) -> list[dict[str, Any]]:
+def summary_rows(root: Path, display: bool = True) -> list[dict[str, Any]]:
+    """One row per run; ``display=False`` keeps ``best`` as run.json's object (for --json)."""
     rows = []
     for folder, data in load_runs(root):
         rows.append({"id": data.get("id", folder.name), "status": effective_status(data),
                      "task": data.get("task") or "-", "model": data.get("model") or "-",
-                     "epochs": data.get("epochs_completed", 0), "best": _best(data),
+                     "epochs": data.get("epochs_completed", 0), "best": _best(data) if display else data.get("best"),
                      "duration": _duration(data), "attempt": data.get("attempt", 1),
                      "dir": os.path.relpath(folder)})
     return rows
@@ -59,14 +60,17 @@ def _print_table(rows: list[dict[str, Any]], columns: list[str]) -> None:
 
 
 def _list(args: argparse.Namespace) -> None:
-    rows = summary_rows(args.root)
+    if not Path(args.root).is_dir():
+        raise AistudioError(f"no runs folder at {Path(args.root).resolve()} — runs are written under "
+                            "$AISTUDIO_RUNS_DIR, else ./runs of the folder train.py ran in: cd there or pass --root DIR")
+    rows = summary_rows(args.root, display=not args.json)
     if args.status:
         rows = [r for r in rows if r["status"] == args.status]
     if args.json:
         print(json.dumps(rows, indent=2))
         return
     if not rows:
-        print(f"no runs under {args.root}")
+        print(f"no runs under {Path(args.root).resolve()}" + (f" with status {args.status}" if args.status else ""))
         return
     _print_table(rows, ["id", "status", "task", "model", "epochs", "best", "duration", "attempt", "dir"])
 
@@ -145,23 +149,25 @@ def add_runs_parser(commands: Any) -> None:
     runs.add_argument("--root", type=Path, default=default_runs_root(),
                       help="runs root (default: $AISTUDIO_RUNS_DIR or ./runs)")
     actions = runs.add_subparsers(dest="action", required=True)
-    listing = actions.add_parser("list", help="one line per run (stale runs shown interrupted)")
+    root_after = argparse.ArgumentParser(add_help=False)  # `runs list --root X` works as `runs --root X list`
+    root_after.add_argument("--root", type=Path, default=argparse.SUPPRESS, help="runs root")
+    listing = actions.add_parser("list", help="one line per run (stale runs shown interrupted)", parents=[root_after])
     listing.add_argument("--status", choices=["pending", "running", "completed", "failed", "interrupted"])
     listing.add_argument("--json", action="store_true")
     listing.set_defaults(func=_list)
-    show = actions.add_parser("show", help="one run in detail, with its attempts")
+    show = actions.add_parser("show", help="one run in detail, with its attempts", parents=[root_after])
     show.add_argument("run", help="run id (or a unique prefix), run directory or latest")
     show.add_argument("--json", action="store_true")
     show.set_defaults(func=_show)
-    resume = actions.add_parser("resume", help="continue an interrupted run from its last.ckpt")
+    resume = actions.add_parser("resume", help="continue an interrupted run from its last.ckpt", parents=[root_after])
     resume.add_argument("run", nargs="?", help="run id or directory (default: the latest interrupted run)")
     resume.add_argument("overrides", nargs="*", help="extra overrides, e.g. trainer.max_epochs=30")
     resume.set_defaults(func=lambda a: _restart(a, ("interrupted",), "resume"))
-    retry = actions.add_parser("retry", help="run a failed or interrupted run again in its directory")
+    retry = actions.add_parser("retry", help="run a failed or interrupted run again in its directory", parents=[root_after])
     retry.add_argument("run", nargs="?", help="run id or directory (default: the latest stopped run)")
     retry.add_argument("overrides", nargs="*", help="overrides that fix the failure, e.g. optimizer.lr=0.01")
     retry.set_defaults(func=lambda a: _restart(a, ("failed", "interrupted"), "retry"))
-    remove = actions.add_parser("remove", help="delete failed runs (others need --force)")
+    remove = actions.add_parser("remove", help="delete failed runs (others need --force)", parents=[root_after])
     remove.add_argument("runs", nargs="*", help="run ids or directories")
     remove.add_argument("--failed", action="store_true", help="every failed run under the root")
     remove.add_argument("--force", action="store_true", help="also completed and interrupted runs")

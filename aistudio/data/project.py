@@ -35,7 +35,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from aistudio import AistudioError
+from aistudio import AistudioError, user_path
 from aistudio.data.annotations import ObjectRecord, fit_to_image, parse_objects
 
 DATASET_FILE = "dataset.json"
@@ -135,6 +135,7 @@ def project_from_config(data: dict[str, Any]) -> Project:
         source = instantiate(source)
     if source is None or str(source) in ("", "???"):
         raise AistudioError("data.project is not set — pass the folder holding dataset.json: data.project=/path")
+    source = user_path(source)
     return load_and_report(source, task=data.get("task") or "classification",
                            split_index=int(data.get("split_index") or 0),
                            check_images=data.get("check_images") or "header")

@@ -10,7 +10,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from aistudio import AistudioError
+from aistudio import AistudioError, user_path
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +48,7 @@ def load_weights_file(model: Any, path: str | Path) -> None:
     """
     import torch
 
-    path = Path(path).expanduser()
+    path = user_path(path)
     if not path.is_file():
         raise AistudioError(f"model.weights={str(path)!r}: file not found — pass an existing .pth/.ckpt file or null")
     state = torch.load(path, map_location="cpu", weights_only=False)

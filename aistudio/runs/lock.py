@@ -21,7 +21,7 @@ import socket
 from pathlib import Path
 from typing import Any, NoReturn
 
-from aistudio import AistudioError
+from aistudio import AistudioError, user_path
 from aistudio.runs.atomic import atomic_write_json, read_json
 from aistudio.runs.record import utc_now
 
@@ -36,7 +36,7 @@ def project_identity(project: Any) -> str:
     """A stable name for ``data.project``: the resolved folder, or a built-in generator's config."""
     if isinstance(project, dict):
         return json.dumps(project, sort_keys=True, default=str)
-    path = Path(str(project)).expanduser()
+    path = user_path(str(project))
     if path.name.endswith(".json"):
         path = path.parent
     return str(path.resolve())

@@ -30,6 +30,8 @@ def build_trainer(cfg: DictConfig, run_callback: RunDirectoryCallback,
                   extra_callbacks: Iterable[Any] = ()) -> pl.Trainer:
     callbacks = instantiate_all(cfg.get("callbacks")) + [run_callback, *extra_callbacks]
     loggers = instantiate_all(cfg.get("logger"))
+    if not loggers:  # logger=none: Lightning refuses an LR monitor without a logger; metrics.json has the lr
+        callbacks = [c for c in callbacks if not isinstance(c, pl.callbacks.LearningRateMonitor)]
     hardware = instantiate(cfg.hardware)
     has_bar = any(isinstance(c, pl.callbacks.ProgressBar) for c in callbacks)
     checkpoint_io = instantiate(cfg.checkpoint_io) if cfg.get("checkpoint_io") else AtomicCheckpointIO()
