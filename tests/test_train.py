@@ -170,6 +170,7 @@ def test_fast_dev_run_completes_without_checkpoints(tmp_path, color_project):
     run = json.loads((run_dir / "run.json").read_text())
     assert run["status"] == "completed" and run["best"]["checkpoint"] is None and run["test_metrics"]
     assert len(json.loads((run_dir / "metrics.json").read_text())) == 1
+    assert not list(run_dir.glob("checkpoints/*")) and not (run_dir / "tensorboard").exists()  # as it says
 
 
 def test_interrupted_run_resumes_from_last_checkpoint_in_the_same_directory(tmp_path, color_project):

@@ -233,6 +233,11 @@ class BestAndLastCheckpoint(ModelCheckpoint):
         if self._should_save_on_train_epoch_end(trainer):
             self._ensure_last(trainer)
 
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.fast_dev_run:  # Lightning 2.6 writes last.ckpt here even in fast_dev_run, which saves nothing else
+            return
+        super().on_train_end(trainer, pl_module)
+
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any,
                              batch_idx: int) -> None:
         """A background write that failed stops the run before the next training step."""
