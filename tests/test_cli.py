@@ -100,3 +100,33 @@ def test_runs_root_flag_in_either_position_json_best_and_a_missing_root(tmp_path
     (tmp_path / "empty").mkdir()
     assert main(["runs", "list", "--root", str(tmp_path / "empty")]) == 0
     assert f"no runs under {tmp_path / 'empty'}" in capsys.readouterr().out
+
+
+def test_validate_infers_the_task_from_the_annotations_and_lists_every_problem(tmp_path, capsys):
+    from aistudio.data.builtin import shapes_project
+
+    semantic = shapes_project(tmp_path, task="semantic_segmentation", num_images=12, image_size=32)
+    objects = str(tmp_path / "shapes-32-12-0" / "dataset.json")
+    assert main(["validate", objects]) == 0
+    assert "task: instance_segmentation" in capsys.readouterr().out  # polygons: instance masks
+    boxes_only = tmp_path / "boxes"
+    boxes_only.mkdir()
+    data = json.loads(open(objects).read())
+    for image in data["images"]:
+        image["file"] = str((tmp_path / "shapes-32-12-0" / image["file"]).resolve())
+        for obj in image.get("objects") or []:
+            obj.pop("segmentation", None)
+    (boxes_only / "dataset.json").write_text(json.dumps(data))
+    assert main(["validate", str(boxes_only)]) == 0
+    assert "task: detection" in capsys.readouterr().out
+    assert main(["validate", semantic]) == 0
+    assert "task: semantic_segmentation" in capsys.readouterr().out
+    assert main(["validate", str(boxes_only), "--task", "detection"]) == 0
+    assert "task:" not in capsys.readouterr().out  # chosen, not inferred
+
+    # every problem is printed (a training run's message stops at 30)
+    project = make_color_project(tmp_path / "p")
+    edit_dataset(project, lambda d: [image.update(label="nope") for image in d["images"]])
+    assert main(["validate", str(project)]) == 1
+    err = capsys.readouterr().err
+    assert "36 problem(s)" in err and err.count("  - ") == 36 and "run log" not in err

@@ -51,11 +51,20 @@ def _split_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0)
 
 
-def _validate(args: argparse.Namespace) -> None:
-    from aistudio.data.project import load_project
+def _validate(args: argparse.Namespace) -> int | None:
+    from aistudio.data.project import DatasetError, infer_task, load_project
 
-    project = load_project(args.project, task=args.task, split_index=args.split_index,
-                           check_images=args.check_images)
+    task = args.task or infer_task(args.project)
+    if not args.task:
+        print(f"task: {task} (from the annotations; --task to choose)")
+    try:
+        project = load_project(args.project, task=task, split_index=args.split_index,
+                               check_images=args.check_images)
+    except DatasetError as err:  # every problem, not the first 30 a training run's message shows
+        print(f"{err.source}: {len(err.problems)} problem(s) found:", file=sys.stderr)
+        for problem in err.problems:
+            print(f"  - {problem}", file=sys.stderr)
+        return 1
     counts = {s: len(project.split(s)) for s in ("train", "val", "test")}
     for warning in project.warnings:
         print(f"warning: {warning}")
@@ -103,7 +112,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     validate = commands.add_parser("validate", help="check a dataset.json project and report every problem")
     validate.add_argument("project", help="project folder (or its dataset.json)")
-    validate.add_argument("--task", default="classification")
+    validate.add_argument("--task", default=None, choices=["classification", "detection", "instance_segmentation",
+                                                          "semantic_segmentation"],
+                          help="default: inferred from the annotations")
     validate.add_argument("--split-index", type=int, default=0)
     validate.add_argument("--check-images", default="header", choices=["header", "full", "none"])
     validate.set_defaults(func=_validate)

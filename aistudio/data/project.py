@@ -141,6 +141,25 @@ def project_from_config(data: dict[str, Any]) -> Project:
                            check_images=data.get("check_images") or "header")
 
 
+def infer_task(path: str | Path) -> str:
+    """The task a project's annotations are for: instance masks -> instance_segmentation, objects ->
+    detection, a mask per image -> semantic_segmentation, else classification (an unreadable file:
+    classification, and loading it reports the problem)."""
+    try:
+        raw = json.loads(dataset_file(path).read_text(encoding="utf-8"))
+        images = [i for i in raw.get("images") or [] if isinstance(i, dict)]
+    except (OSError, ValueError, AttributeError):
+        return "classification"
+    objects = [o for i in images for o in (i.get("objects") or []) if isinstance(o, dict)]
+    if any(o.get("segmentation") for o in objects):
+        return "instance_segmentation"
+    if objects:
+        return "detection"
+    if any(i.get("mask") for i in images):
+        return "semantic_segmentation"
+    return "classification"
+
+
 def dataset_file(path: str | Path) -> Path:
     """Accept a project folder or the dataset.json inside it."""
     path = Path(path).expanduser()
