@@ -188,3 +188,34 @@ def test_small_overshoot_is_clipped_and_missing_masks_or_segmentation_reported(t
         load_project(path, task="instance_segmentation")
     with pytest.raises(DatasetError, match="'mask' .* is missing"):
         load_project(path, task="semantic_segmentation")
+
+
+def test_coco_on_a_tiny_set_fills_every_split_and_drops_the_unannotated_background(tmp_path, capsys):
+    from aistudio.cli.main import main
+
+    names = [f"{i}.png" for i in range(3)]
+    for name in names:
+        write_image(tmp_path / "images" / name)
+    everything = tmp_path / "all.json"
+    everything.write_text(json.dumps({  # labelme's export: a `_background_` category (id 0) nothing uses
+        "images": [{"id": i, "file_name": n, "width": 40, "height": 30} for i, n in enumerate(names)],
+        "annotations": [{"image_id": i, "category_id": 1, "bbox": [1, 1, 5, 5],
+                         "segmentation": [[1, 1, 6, 1, 6, 6, 1, 6]]} for i in range(3)],
+        "categories": [{"id": 0, "name": "_background_"}, {"id": 1, "name": "circle"}]}))
+    # 0.15 of 3 images rounds to none: one image goes to each requested split instead
+    assert main(["import", "coco", str(everything), "--images", str(tmp_path / "images"),
+                 "--out", str(tmp_path / "project")]) == 0
+    printed = capsys.readouterr().out
+    assert "task=instance_segmentation" in printed  # polygons: the next step names the task they are for
+    project = load_project(tmp_path / "project", task="instance_segmentation")
+    assert project.classes == ["circle"]
+    assert [len(project.split(s)) for s in ("train", "val", "test")] == [1, 1, 1]
+
+    # two images cannot make three splits: one clear error with the fix, nothing written
+    with pytest.raises(AistudioError, match=r"--test 0"):
+        import_coco({"all": coco_file(tmp_path / "two.json",
+                                      [{"id": i, "file_name": n, "width": 40, "height": 30}
+                                       for i, n in enumerate(names[:2])],
+                                      [{"image_id": i, "category_id": 1, "bbox": [1, 1, 5, 5]} for i in range(2)])},
+                    tmp_path / "images", tmp_path / "p2")
+    assert not (tmp_path / "p2" / "dataset.json").exists()

@@ -5,9 +5,19 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from pathlib import Path
 
 from aistudio import AistudioError
 from aistudio.cli.runs import add_runs_parser
+
+
+def _next_steps(path: Path, task: str | None = None) -> None:
+    """What to run next; the task is the one the annotations are for (a mask folder: semantic masks)."""
+    from aistudio.data.project import infer_task
+
+    task = task or infer_task(path)
+    print(f"wrote {path} ({task})\nvalidate with: aistudio validate {path}\n"
+          f"train with: python train.py data=project data.project={path} task={task}")
 
 
 def _import_image_folder(args: argparse.Namespace) -> None:
@@ -22,7 +32,7 @@ def _import_voc(args: argparse.Namespace) -> None:
     from aistudio.data.importers import import_voc
 
     path = import_voc(args.root, args.out, val_fraction=args.val, test_fraction=args.test, seed=args.seed)
-    print(f"wrote {path}\nvalidate with: aistudio validate {path.parent} --task detection")
+    _next_steps(path)
 
 
 def _import_coco(args: argparse.Namespace) -> None:
@@ -30,7 +40,7 @@ def _import_coco(args: argparse.Namespace) -> None:
 
     pairs = dict(item.split("=", 1) if "=" in item else ("all", item) for item in args.annotations)
     path = import_coco(pairs, args.images, args.out, val_fraction=args.val, test_fraction=args.test, seed=args.seed)
-    print(f"wrote {path}\nvalidate with: aistudio validate {path.parent} --task detection")
+    _next_steps(path)
 
 
 def _import_masks(args: argparse.Namespace) -> None:
@@ -42,7 +52,7 @@ def _import_masks(args: argparse.Namespace) -> None:
         mask_values=[int(v) for v in args.values.split(",")] if args.values else None,
         ignore_index=args.ignore_index, instances=args.instances,
         val_fraction=args.val, test_fraction=args.test, seed=args.seed)
-    print(f"wrote {path}\nvalidate with: aistudio validate {path.parent} --task semantic_segmentation")
+    _next_steps(path, task="semantic_segmentation")
 
 
 def _split_options(parser: argparse.ArgumentParser) -> None:

@@ -59,7 +59,11 @@ def import_coco(annotations: dict[str, str | Path], images_dir: str | Path, out:
     if "all" in annotations:
         for entry, split in zip(images, holdout_by_first_class(names_per_image, val_fraction, test_fraction, seed)):
             entry["split"] = [split]
-    classes = [categories[k] for k in sorted(categories)]
+    used = {name for names in names_per_image for name in names}
+    dropped = [name for name in categories.values() if name not in used and name.strip("_").lower() == "background"]
+    if dropped:  # labelme/CVAT exports list a never-annotated background category (id 0): not a class to learn
+        log.warning("dropped the unannotated background category %s", ", ".join(repr(n) for n in dropped))
+    classes = [categories[k] for k in sorted(categories) if categories[k] not in dropped]
     written = write_project(out_dir, classes, images, split_schemes=["coco" if "all" not in annotations else
                                                                      f"holdout-seed{seed}"],
                             source={k: str(v) for k, v in annotations.items()})
