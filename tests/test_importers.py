@@ -219,3 +219,33 @@ def test_coco_on_a_tiny_set_fills_every_split_and_drops_the_unannotated_backgrou
                                       [{"image_id": i, "category_id": 1, "bbox": [1, 1, 5, 5]} for i in range(2)])},
                     tmp_path / "images", tmp_path / "p2")
     assert not (tmp_path / "p2" / "dataset.json").exists()
+
+
+def test_voc_without_val_list_keeps_the_official_test_images_in_test_and_takes_other_folder_names(tmp_path, capsys):
+    from aistudio.cli.main import main
+
+    root = tmp_path / "set"  # a public set's layout: annotations/ + images/, train and test lists only
+    stems = [f"img{i:02d}" for i in range(20)]
+    for n, stem in enumerate(stems):
+        write_image(root / "images" / f"{stem}.jpg")
+        (root / "annotations").mkdir(parents=True, exist_ok=True)
+        (root / "annotations" / f"{stem}.xml").write_text(
+            f"<annotation><filename>{stem}.jpg</filename><size><width>40</width><height>30</height></size>"
+            f"<object><name>{'cat' if n % 2 else 'dog'}</name><bndbox><xmin>2</xmin><ymin>2</ymin><xmax>12</xmax>"
+            "<ymax>12</ymax></bndbox></object></annotation>")
+    (root / "ImageSets" / "Main").mkdir(parents=True)
+    (root / "ImageSets" / "Main" / "train.txt").write_text("\n".join(stems[:14]))
+    (root / "ImageSets" / "Main" / "test.txt").write_text("\n".join(stems[14:]))
+    assert main(["import", "voc", str(root), "--annotations", str(root / "annotations"),
+                 "--images", str(root / "images"), "--out", str(tmp_path / "project")]) == 0
+    project = load_project(tmp_path / "project", task="detection")
+    split_of = {record.file.stem: record.split for record in project.images}
+    assert all(split_of[stem] == "test" for stem in stems[14:])  # every official test image stays test
+    assert {split_of[stem] for stem in stems[:14]} == {"train", "val"}  # val carved from the train list only
+    assert 1 <= sum(split_of[stem] == "val" for stem in stems[:14]) <= 4
+    assert json.loads((tmp_path / "project" / "dataset.json").read_text())["split_schemes"] == \
+        ["voc-imagesets+holdout-seed0"]
+
+    # without the folder options, the error says how to name them
+    with pytest.raises(AistudioError, match="--annotations DIR --images DIR"):
+        import_voc(root, tmp_path / "p2")

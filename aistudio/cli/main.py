@@ -31,7 +31,8 @@ def _import_image_folder(args: argparse.Namespace) -> None:
 def _import_voc(args: argparse.Namespace) -> None:
     from aistudio.data.importers import import_voc
 
-    path = import_voc(args.root, args.out, val_fraction=args.val, test_fraction=args.test, seed=args.seed)
+    path = import_voc(args.root, args.out, val_fraction=args.val, test_fraction=args.test, seed=args.seed,
+                      annotations_dir=args.annotations, images_dir=args.images)
     _next_steps(path)
 
 
@@ -98,6 +99,8 @@ def build_parser() -> argparse.ArgumentParser:
     voc = kinds.add_parser("voc", help="Pascal VOC: Annotations/*.xml + JPEGImages (+ ImageSets/Main splits)")
     voc.add_argument("root", help="the folder holding Annotations/ and JPEGImages/")
     voc.add_argument("--out", help="where dataset.json goes (default: root)")
+    voc.add_argument("--annotations", help="folder of the XML files (default: root/Annotations)")
+    voc.add_argument("--images", help="folder of the images (default: root/JPEGImages)")
     _split_options(voc)
     voc.set_defaults(func=_import_voc)
 

@@ -10,8 +10,8 @@ from aistudio.data.importers.common import holdout_by_first_class, log, progress
 from aistudio.data.project import write_project
 
 
-def _split_lists(root: Path) -> dict[str, str] | None:
-    """Image id -> split from ImageSets/Main; None when the folder has no train/val lists."""
+def _split_lists(root: Path) -> dict[str, str]:
+    """Image id -> split from whichever of ImageSets/Main/{train,val,test}.txt exist (empty: none do)."""
     main = root / "ImageSets" / "Main"
     split_of: dict[str, str] = {}
     for split in ("train", "val", "test"):
@@ -19,27 +19,55 @@ def _split_lists(root: Path) -> dict[str, str] | None:
         if listing.is_file():
             for line in listing.read_text().split():
                 split_of.setdefault(line.strip(), split)
-    return split_of if {"train", "val"} <= set(split_of.values()) else None
+    return split_of
+
+
+def _scheme(root: Path, ids: list[str], names_per_image: list[list[str]], val_fraction: float,
+            test_fraction: float, seed: int) -> tuple[list[str], str]:
+    """Split scheme 0: the given lists, never dropped. A missing val list is carved from the train list
+    (seeded, stratified, reported) and the official test list stays test: test images never reach training.
+    No lists at all: a seeded hold-out split."""
+    split_of = _split_lists(root)
+    if not split_of:
+        return holdout_by_first_class(names_per_image, val_fraction, test_fraction, seed), f"holdout-seed{seed}"
+    scheme = [split_of.get(i, "train") for i in ids]  # images in no list: train
+    given = set(split_of.values())
+    if "val" in given:
+        return scheme, "voc-imagesets"
+    train = [n for n, split in enumerate(scheme) if split == "train"]
+    carve_test = test_fraction if "test" not in given else 0.0
+    carved = holdout_by_first_class([names_per_image[n] for n in train], val_fraction, carve_test, seed)
+    for n, split in zip(train, carved):
+        scheme[n] = split
+    log.warning("%s/ImageSets/Main has no val.txt: %d of the %d train-listed images became val (seed %d, "
+                "--val %s)%s", root, carved.count("val"), len(train), seed, val_fraction,
+                "; the official test list stays test" if "test" in given else
+                f"; {carved.count('test')} became test (--test {test_fraction})")
+    return scheme, f"voc-imagesets+holdout-seed{seed}"
 
 
 def import_voc(root: str | Path, out: str | Path | None = None, *, val_fraction: float = 0.15,
-               test_fraction: float = 0.15, seed: int = 0) -> Path:
+               test_fraction: float = 0.15, seed: int = 0, annotations_dir: str | Path | None = None,
+               images_dir: str | Path | None = None) -> Path:
     """Boxes from VOC XML: corners (xmin, ymin, xmax, ymax) -> COCO [xmin, ymin, xmax - xmin, ymax - ymin].
 
-    Split scheme 0 follows ``ImageSets/Main`` when it lists train and val (images in no list: train);
-    otherwise a seeded hold-out split. Boxes are kept as they are: dataset validation reports and
-    drops degenerate ones when the project is loaded.
+    Split scheme 0 follows ``ImageSets/Main`` (see :func:`_scheme`). ``annotations_dir`` / ``images_dir``
+    replace ``Annotations/`` / ``JPEGImages/`` for sets laid out otherwise (``annotations/`` + ``images/``).
+    Boxes are kept as they are: dataset validation reports and drops degenerate ones when the project is loaded.
     """
     root = Path(root).expanduser().resolve()
     out_dir = Path(out).expanduser().resolve() if out else root
-    annotations = sorted((root / "Annotations").glob("*.xml"))
+    xml_dir = Path(annotations_dir).expanduser().resolve() if annotations_dir else root / "Annotations"
+    jpeg_dir = Path(images_dir).expanduser().resolve() if images_dir else root / "JPEGImages"
+    annotations = sorted(xml_dir.glob("*.xml"))
     if not annotations:
-        raise AistudioError(f"{root}: no Annotations/*.xml — pass the folder that holds Annotations/ and JPEGImages/")
+        raise AistudioError(f"{xml_dir}: no *.xml annotations — pass the folder that holds Annotations/ and "
+                            "JPEGImages/, or name other folders with --annotations DIR --images DIR")
     images, names_per_image, classes = [], [], set()
     for xml_path in progress(annotations, len(annotations), "VOC annotations"):
         tree = ET.parse(xml_path).getroot()
         filename = tree.findtext("filename") or f"{xml_path.stem}.jpg"
-        image_path = root / "JPEGImages" / filename
+        image_path = jpeg_dir / filename
         entry = {"file": relative(image_path, out_dir), "id": xml_path.stem}
         size = tree.find("size")
         if size is not None and size.findtext("width"):
@@ -56,12 +84,8 @@ def import_voc(root: str | Path, out: str | Path | None = None, *, val_fraction:
         entry["objects"] = objects
         images.append(entry)
         names_per_image.append(names)
-    split_of = _split_lists(root)
-    if split_of is not None:
-        scheme, scheme_name = [split_of.get(e["id"], "train") for e in images], "voc-imagesets"
-    else:
-        scheme = holdout_by_first_class(names_per_image, val_fraction, test_fraction, seed)
-        scheme_name = f"holdout-seed{seed}"
+    scheme, scheme_name = _scheme(root, [e["id"] for e in images], names_per_image, val_fraction, test_fraction,
+                                  seed)
     for entry, split in zip(images, scheme):
         entry["split"] = [split]
     written = write_project(out_dir, sorted(classes), images, split_schemes=[scheme_name], source=str(root))
