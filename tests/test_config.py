@@ -13,7 +13,7 @@ from omegaconf import OmegaConf
 
 from aistudio import AistudioError, user_error
 from aistudio.training.schedulers import build_scheduler
-from tests.helpers import CONF, ROOT
+from tests.helpers import CONF, ROOT, run_train
 
 
 def options(group: str) -> list[str]:
@@ -244,7 +244,8 @@ def test_a_task_picks_its_defaults_and_the_command_line_still_wins(compose_cfg):
 
 def shipped_choices() -> list[list[str]]:
     """Every option of the groups the config checks look at, and every recipe that composes alone."""
-    choices = [[f"{group}={path.stem}"] for group in ("optimizer", "scheduler", "model")
+    choices = [[f"{group}={path.stem}"] for group in ("optimizer", "scheduler", "model", "augmentation", "data",
+                                                      "hardware", "logger", "debug", "task")
                for path in sorted((CONF / group).glob("*.yaml")) if path.stem not in ("torchvision",
                                                                                        "torchvision_detection",
                                                                                        "torchvision_segmentation")]
@@ -255,8 +256,8 @@ def shipped_choices() -> list[list[str]]:
         family = next((task for prefix, task in tasks.items() if choice[0].startswith(f"model={prefix}")), None)
         if family:
             choice.insert(0, f"task={family}")
-    return choices + [["experiment=digits_resnet18"], ["experiment=shapes_segmentation"],
-                      ["experiment=shapes_detection"], ["hparams_search=optuna"], ["hardware=cpu_ddp"]]
+    return choices + [[f"experiment={path.stem}"] for path in sorted((CONF / "experiment").glob("*.yaml"))] + [
+        ["hparams_search=optuna"], ["hardware.precision=16", "hardware.selected_devices=[0]"]]
 
 
 @pytest.mark.parametrize("overrides", shipped_choices(), ids=lambda o: " ".join(o))
@@ -268,3 +269,31 @@ def test_every_shipped_config_passes_the_early_config_checks(compose_cfg, overri
     config = OmegaConf.to_container(cfg, resolve=True)
     config.pop("hydra", None)
     check_config(config)
+
+
+@pytest.mark.parametrize("override, says", [
+    ("trainer.max_epochs=three", "trainer.max_epochs='three': Trainer takes an integer"),
+    ("data.batch_size=abc", "data.batch_size='abc': ProjectDataModule takes an integer"),
+    ("optimizer.lr=fast", "optimizer.lr='fast': SGD takes a number"),
+    ("hardware.precision=17", "hardware.precision=17: resolve_hardware takes one of '32-true'"),
+])
+def test_a_wrongly_typed_value_is_one_line_and_makes_no_run_directory(tmp_path, override, says):
+    run_dir = tmp_path / "run"
+    result = run_train([override, f"hydra.run.dir={run_dir}"], tmp_path, timeout=120)
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"Error: {says}") and "— fix" in lines[0], result.stderr[-3000:]
+    assert "Traceback" not in result.stderr and not run_dir.exists()
+
+
+def test_type_checks_know_common_annotations():
+    from typing import Literal, Optional, Union
+
+    from aistudio.config_checks import _matches
+
+    assert _matches(3, int) and not _matches(True, int) and not _matches("3", int) and _matches(None, int)
+    assert _matches(3, float) and _matches(0.5, Optional[float]) and not _matches("x", Union[float, int])
+    assert _matches([1, 2], list[int]) and not _matches(5, list[int]) and _matches({"a": 1}, dict[str, int])
+    assert _matches(16, Literal["16", "32"]) and not _matches("17", Literal["16", "32"])
+    assert _matches({"_target_": "x.Y"}, int)  # instantiated before the call: not the config's business
+    assert _matches("/some/path", Union[str, "os.PathLike"]) and not _matches(1, bool)

@@ -156,3 +156,39 @@ def test_digits_materialised_once_as_a_project(data_dir):
     assert digits_project(data_dir) == path
     assert (data_dir / "digits" / "dataset.json").stat().st_mtime_ns == stamp
     assert len(load_project(path, split_index=5).split("val")) > 200
+
+
+def _as_jpeg(project, name: str):
+    """Re-encode one PNG of the colour project as JPEG and point its entry at it."""
+    import cv2
+
+    png = project / "img" / name
+    jpeg = png.with_suffix(".jpg")
+    cv2.imwrite(str(jpeg), cv2.imread(str(png)))
+    png.unlink()
+    edit_dataset(project, lambda d: [e.update(file=e["file"].replace(name, jpeg.name)) for e in d["images"]])
+    return jpeg
+
+
+def test_motion_photo_jpeg_passes_full_check_and_decodes_for_training(color_project):
+    """A phone's motion photo: a complete JPEG followed by a video. Viewers, validate and training
+    all read the JPEG; the old last-64-bytes heuristic rejected it in training only."""
+    from aistudio.data.images import read_image
+
+    jpeg = _as_jpeg(color_project, "red_00.png")
+    jpeg.write_bytes(jpeg.read_bytes() + b"\x00\x00\x00\x18ftypmp42" + bytes(range(256)) * 40)
+    load_project(color_project, check_images="full")
+    image = read_image(jpeg)
+    assert image.shape == (16, 16, 3) and image[..., 0].mean() > 140  # still the red image
+
+
+def test_truncated_jpeg_fails_full_check_and_training_decode_alike(color_project):
+    from aistudio.data.images import ImageReadError, read_image
+
+    jpeg = _as_jpeg(color_project, "red_00.png")
+    jpeg.write_bytes(jpeg.read_bytes()[:-60])  # the scan data is cut; the header is intact
+    load_project(color_project)  # the header check cannot see it
+    problems = problems_of(color_project, check_images="full")
+    assert len(problems) == 1 and "red_00.jpg" in problems[0] and "truncated" in problems[0], problems
+    with pytest.raises(ImageReadError, match=r"red_00.jpg: cannot decode this image \(truncated"):
+        read_image(jpeg)

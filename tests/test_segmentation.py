@@ -73,7 +73,7 @@ def test_undecodable_mask_names_the_file(tmp_path):
     root = mask_project(tmp_path / "p", np.zeros((4, 4), np.uint8), ["a", "b"])
     project = load_project(root, task="semantic_segmentation")
     (root / "mask.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
-    with pytest.raises(ImageReadError, match="mask.png: truncated PNG"):
+    with pytest.raises(ImageReadError, match=r"mask.png: cannot decode this mask \(truncated"):
         SegmentationDataset(project.split("train"), None, 3, project=project)[0]
     (root / "mask.png").write_bytes(b"not an image at all")
     with pytest.raises(ImageReadError, match="mask.png: cannot decode this mask"):
@@ -222,3 +222,22 @@ def test_bn_momentum_reaches_every_batchnorm_of_a_mobilenet_segmenter():
     norms = [m for m in tuned.modules() if isinstance(m, torch.nn.BatchNorm2d)]
     assert norms and all(m.momentum == 0.1 for m in norms)
     assert 0.01 in {m.momentum for m in default.modules() if isinstance(m, torch.nn.BatchNorm2d)}  # the backbone
+
+
+def test_full_check_applies_the_training_mask_rule(tmp_path):
+    """validate --check-images full decodes masks as training does: values that are not classes fail
+    both; values outside mask_values are a warning (training ignores those pixels)."""
+    bad = mask_project(tmp_path / "bad", np.array([[0, 9, 255]], np.uint8), ["a", "b", "c"])
+    load_project(bad, task="semantic_segmentation")  # the header check cannot see pixel values
+    with pytest.raises(DatasetError) as info:
+        load_project(bad, task="semantic_segmentation", check_images="full")
+    problems = info.value.problems  # the train and the val entry share the mask
+    assert [p.split(":")[0] for p in problems] == ["images[0] (image.png)", "images[1] (image.png)"], problems
+    assert all("[9]" in p and "mask_values" in p for p in problems)
+    listed = mask_project(tmp_path / "listed", np.array([[0, 128, 7, 255]], np.uint8), ["bg", "cell"],
+                          mask_values=[0, 128])
+    project = load_project(listed, task="semantic_segmentation", check_images="full")
+    assert any("[7]" in w and "ignores those pixels" in w for w in project.warnings), project.warnings
+    wrong = mask_project(tmp_path / "wrong", np.zeros((2, 2), np.uint8), ["bg", "cell"], mask_values=[0, 0])
+    with pytest.raises(DatasetError, match="distinct pixel value"):
+        load_project(wrong, task="semantic_segmentation")

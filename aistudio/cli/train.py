@@ -43,6 +43,8 @@ def main(cfg: DictConfig) -> float | None:
     hydra_cfg = HydraConfig.get()
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
     run_dir = Path(hydra_cfg.runtime.output_dir)
+    if not multirun:  # a sweep's jobs record such a failure in their own run.json instead
+        _refuse_bad_config(cfg, run_dir)
     try:
         return run_training(cfg, run_dir, overrides=list(hydra_cfg.overrides.task))
     except TrainingStopped as stop:  # recorded as interrupted; a signal stops a whole sweep too
@@ -57,6 +59,19 @@ def main(cfg: DictConfig) -> float | None:
             raise
         where = f"\n(run directory: {run_dir})" if (run_dir / "run.json").exists() else ""
         print(f"\nError: {problem}{where}", file=sys.stderr)
+        sys.exit(1)
+
+
+def _refuse_bad_config(cfg: DictConfig, run_dir: Path) -> None:
+    """A value of the wrong type (``trainer.max_epochs=three``) or one that cannot be resolved is one line,
+    before a run is recorded: the directory Hydra made for it is removed again (a resumed run's is kept)."""
+    from aistudio.config_checks import check_types
+
+    try:
+        check_types(resolve_config(cfg))
+    except AistudioError as err:
+        _remove_unused_run_dir(run_dir)
+        print(f"Error: {err}", file=sys.stderr)
         sys.exit(1)
 
 

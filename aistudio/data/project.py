@@ -171,8 +171,8 @@ def load_project(path: str | Path, *, task: str = "classification", split_index:
     """Load and validate a project; raise :class:`DatasetError` listing every problem.
 
     ``check_images``: ``header`` opens each image's header (fast: size and format, catches missing,
-    empty and non-image files), ``full`` decodes every image (catches truncated files), ``none``
-    only checks that files exist.
+    empty and non-image files), ``full`` also decodes every image and mask exactly as training does
+    (truncated files, mask pixel values that are not classes), ``none`` only checks that files exist.
     """
     json_path = dataset_file(path)
     if not json_path.parent.is_dir():
@@ -208,6 +208,7 @@ class _Validator:
         self.check_images = check_images
         self.problems: list[str] = []
         self.warnings: list[str] = []
+        self.mask_classes: Any = None  # MaskClasses for semantic projects (their pixel-value rule)
 
     def fail(self, message: str) -> None:
         self.problems.append(message)
@@ -225,6 +226,8 @@ class _Validator:
             self.fail("'images' must be a non-empty list of image entries")
             images = []
         records = [r for i, entry in enumerate(images) if (r := self._image(i, entry, classes)) is not None]
+        if self.task == "semantic_segmentation" and classes:
+            self._mask_classes(len(classes), raw)
         records = self._check_files(records)
         if records and not self.problems:
             counts = Counter(r.split for r in records)
@@ -237,6 +240,21 @@ class _Validator:
         schemes = raw.get("split_schemes") or []
         return Project(self.root, classes, records, self.split_index, list(schemes), self.warnings,
                        int(raw.get("ignore_index", 255)), raw.get("mask_values"))
+
+    def _mask_classes(self, num_classes: int, raw: dict[str, Any]) -> None:
+        from aistudio.data.masks import MaskClasses
+
+        ignore_index = raw.get("ignore_index", 255)
+        if not isinstance(ignore_index, int) or isinstance(ignore_index, bool):
+            self.fail(f"'ignore_index' must be an integer pixel value (default 255), got {ignore_index!r}")
+            return
+        try:
+            self.mask_classes = MaskClasses(num_classes, raw.get("mask_values"), ignore_index, self.json_path)
+        except DatasetError as err:
+            self.problems.extend(err.problems)
+        except (TypeError, ValueError):
+            self.fail(f"'mask_values' must be a list of integer pixel values, one per class, got "
+                      f"{raw.get('mask_values')!r}")
 
     def _classes(self, classes: Any) -> list[str]:
         if not isinstance(classes, list) or not classes:
@@ -327,8 +345,10 @@ class _Validator:
         with ThreadPoolExecutor(max_workers=workers) as pool:
             results = list(pool.map(self._check_file, records))
         checked = []
-        for record, (problem, size) in zip(records, results):
+        for record, (problem, size, warning) in zip(records, results):
             where = f"images[{record.index}] ({record.entry})"
+            if warning:
+                self.warn(f"{where}: {warning}")
             if problem:
                 self.fail(f"{where}: {problem}")
                 continue
@@ -339,44 +359,77 @@ class _Validator:
             checked.append(record)
         return checked
 
-    def _check_file(self, record: ImageRecord) -> tuple[str | None, tuple[int, int] | None]:
+    def _check_file(self, record: ImageRecord) -> tuple[str | None, tuple[int, int] | None, str | None]:
+        """(problem, size, warning) of one entry's files: header size, and with ``full`` the decode and
+        mask-value checks training itself runs (one check, so what validates trains)."""
         if not record.file.is_file():
             return (f"image file not found at {record.file} — fix 'file' (paths are relative to the dataset "
-                    "folder) or remove the entry"), None
+                    "folder) or remove the entry"), None, None
         if self.check_images == "none":
-            return None, None
+            return None, None, None
+        full = self.check_images == "full"
         try:
-            size = _image_size(record.file, self.check_images == "full")
+            size = _image_size(record.file)
+            if full:
+                _decodes(record.file, "image")
         except _Unreadable as err:
-            return f"unreadable image ({err}) — replace the file or remove the entry", None
+            return f"unreadable image ({err}) — replace the file or remove the entry", None, None
         if (record.width, record.height) != (None, None) and (record.width, record.height) != size:
             return (f"declared size {record.width}x{record.height} but the file is {size[0]}x{size[1]} — "
-                    "fix 'width'/'height'"), None
-        if record.mask is not None:
-            if not record.mask.is_file():
-                return f"mask file not found at {record.mask} — fix 'mask' or remove the entry", None
-            try:
-                mask_size = _image_size(record.mask, self.check_images == "full")
-            except _Unreadable as err:
-                return f"unreadable mask {record.mask.name} ({err}) — replace it or remove the entry", None
-            if mask_size != size:
-                return (f"mask {record.mask.name} is {mask_size[0]}x{mask_size[1]} but the image is "
-                        f"{size[0]}x{size[1]} — masks must have their image's size"), None
-        return None, size
+                    "fix 'width'/'height'"), None, None
+        if record.mask is None:
+            return None, size, None
+        if not record.mask.is_file():
+            return f"mask file not found at {record.mask} — fix 'mask' or remove the entry", None, None
+        try:
+            mask_size = _image_size(record.mask)
+            raw = _decodes(record.mask, "mask") if full else None
+        except _Unreadable as err:
+            return f"unreadable mask {record.mask.name} ({err}) — replace it or remove the entry", None, None
+        if mask_size != size:
+            return (f"mask {record.mask.name} is {mask_size[0]}x{mask_size[1]} but the image is "
+                    f"{size[0]}x{size[1]} — masks must have their image's size"), None, None
+        if raw is None or self.mask_classes is None:
+            return None, size, None
+        try:
+            unlisted = self.mask_classes.unlisted(raw, record.mask)
+        except DatasetError as err:
+            return f"mask {record.mask.name}: {err.problems[0]}", None, None
+        if not unlisted:
+            return None, size, None
+        if self.mask_classes.mask_values is None:
+            return f"mask {record.mask.name}: {self.mask_classes.not_classes(unlisted)}", None, None
+        return None, size, (f"mask {record.mask.name} has pixel value(s) {unlisted[:10]} not in mask_values "
+                            f"{self.mask_classes.mask_values}: training ignores those pixels (ignore_index "
+                            f"{self.mask_classes.ignore_index}) — list them in mask_values if they are classes")
 
 
 class _Unreadable(Exception):
     pass
 
 
-def _image_size(path: Path, decode: bool) -> tuple[int, int]:
-    """(width, height) from the header; ``decode`` also decodes the pixels (catches truncated files)."""
+def _decodes(path: Path, what: str) -> Any:
+    """Decode exactly as training does (masks: their raw pixel values); raise _Unreadable if it fails."""
+    import cv2
+
+    from aistudio.data.images import ImageReadError, decode
+
+    try:
+        if what == "mask":
+            from aistudio.data.masks import read_mask
+
+            return read_mask(path)
+        return decode(path, cv2.IMREAD_UNCHANGED, what)
+    except (ImageReadError, DatasetError) as err:
+        raise _Unreadable(str(err).split(": ", 1)[-1].split(" — ", 1)[0]) from None
+
+
+def _image_size(path: Path) -> tuple[int, int]:
+    """(width, height) from the header (fast: catches missing, empty and non-image files)."""
     from PIL import Image, UnidentifiedImageError
 
     try:
         with Image.open(path) as image:
-            if decode:
-                image.load()
             return image.size
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
         raise _Unreadable(f"{type(err).__name__}: {err}") from None

@@ -6,9 +6,13 @@ indices (``[0, 2]``). More than one device (or node) means DDP unless a strategy
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from aistudio import AistudioError
+
+# Lightning's precision settings (numbers as YAML gives them too), so a typo is caught with the config
+Precision = Literal["32-true", "32", 32, "16-mixed", "bf16-mixed", "16-true", "bf16-true", "64-true", "64", 64,
+                    "16", 16, "bf16", "transformer-engine", "transformer-engine-float16"]
 
 _GPU_ONLY_PRECISIONS = {"16-mixed", "16", "16-true", "transformer-engine"}
 
@@ -19,7 +23,7 @@ def _visible_gpus() -> int:
     return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
 
-def resolve_hardware(selected_devices: Any = "auto", precision: str = "32-true", strategy: str = "auto",
+def resolve_hardware(selected_devices: Any = "auto", precision: Precision = "32-true", strategy: str = "auto",
                      num_nodes: int = 1, cpu_processes: int = 1) -> dict[str, Any]:
     """Return Trainer keyword arguments; impossible requests fail with what is available."""
     visible = _visible_gpus()
