@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from omegaconf import OmegaConf
 
@@ -60,3 +61,31 @@ def register_resolvers() -> None:
         OmegaConf.register_new_resolver("aistudio_sqlite", sqlite_url)
     if not OmegaConf.has_resolver("aistudio_direction"):
         OmegaConf.register_new_resolver("aistudio_direction", optuna_direction)
+
+
+def config_summary(config: dict[str, Any]) -> str:
+    """One line of what this run trains: the values a reader checks first."""
+    def pick(path: str) -> Any:
+        node: Any = config
+        for part in path.split("."):
+            node = node.get(part) if isinstance(node, dict) else None
+        return node
+
+    def short(target: Any) -> str:
+        return str(target).rsplit(".", 1)[-1] if target else "none"
+
+    project = pick("data.project")
+    data = short(project.get("_target_")).removesuffix("_project") if isinstance(project, dict) else project
+    scheduler = pick("scheduler.scheduler._target_")
+    parts = [
+        f"task {pick('task.name')}",
+        f"model {pick('model.name')} (weights {pick('model.weights') or 'none'})",
+        f"data {data}",
+        f"image {pick('data.image_size')}, batch {pick('data.batch_size')}",
+        f"{short(pick('optimizer._target_'))} lr {pick('optimizer.lr')}",
+        f"scheduler {short(scheduler) if scheduler else 'none'}",
+        f"{pick('trainer.max_epochs')} epochs",
+        f"devices {pick('hardware.selected_devices')}, precision {pick('hardware.precision')}",
+        f"seed {pick('seed')}",
+    ]
+    return "config: " + " · ".join(parts)

@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import json
 import os
+import pty
+import signal
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -63,3 +67,56 @@ def run_train(args: list[str], tmp: Path, timeout: float = 300, **kwargs: Any) -
 
 FAST_TRAIN = ["hardware=cpu", "data.num_workers=0", "data.image_size=32", "data.batch_size=8",
               "model=resnet18", "callbacks.progress_bar.kind=none"]
+
+
+class TerminalRun:
+    """``python train.py`` in a real pseudo-terminal: Ctrl-C typed there reaches the whole foreground
+    process group (the trainer and its DataLoader workers), as in a user's shell."""
+
+    def __init__(self, args: list[str], tmp: Path):
+        env = subprocess_env(tmp)
+        self.pid, self.fd = pty.fork()
+        if self.pid == 0:  # the child: a session leader whose controlling terminal is the pty
+            try:
+                os.chdir(ROOT)
+                os.execve(sys.executable, [sys.executable, str(ROOT / "train.py"), *args], env)
+            finally:
+                os._exit(127)  # never run the rest of pytest in the forked child
+        self.output = bytearray()
+        self.returncode: int | None = None
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:  # a terminal must be drained, or the child blocks on its writes
+        while True:
+            try:
+                chunk = os.read(self.fd, 65536)
+            except OSError:
+                return
+            if not chunk:
+                return
+            self.output += chunk
+
+    def type_ctrl_c(self) -> None:
+        os.write(self.fd, b"\x03")
+
+    def poll(self) -> int | None:
+        if self.returncode is None:
+            pid, status = os.waitpid(self.pid, os.WNOHANG)
+            if pid:
+                self.returncode = os.waitstatus_to_exitcode(status)
+        return self.returncode
+
+    def wait(self, timeout: float) -> int:
+        deadline = time.monotonic() + timeout
+        while self.poll() is None:
+            if time.monotonic() > deadline:
+                os.kill(self.pid, signal.SIGKILL)
+                raise AssertionError(f"still running after {timeout} s: {self.text()[-3000:]}")
+            time.sleep(0.05)
+        self._reader.join(timeout=5)
+        os.close(self.fd)
+        return self.returncode  # type: ignore[return-value]
+
+    def text(self) -> str:
+        return self.output.decode(errors="replace")

@@ -99,7 +99,18 @@ def test_runs_root_flag_in_either_position_json_best_and_a_missing_root(tmp_path
     assert str(tmp_path / "elsewhere") in error and "--root" in error
     (tmp_path / "empty").mkdir()
     assert main(["runs", "list", "--root", str(tmp_path / "empty")]) == 0
-    assert f"no runs under {tmp_path / 'empty'}" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert f"no runs under {tmp_path / 'empty'}" in out and "--root DIR" in out  # which folder, how to choose
+
+
+def test_help_texts_show_no_rst_markup(capsys):
+    import pytest
+
+    for argv in ([], ["runs"], ["runs", "list"], ["import"], ["import", "coco"], ["validate"]):
+        with pytest.raises(SystemExit):
+            main([*argv, "--help"])
+        text = capsys.readouterr().out
+        assert text.startswith("usage: aistudio") and "``" not in text, text
 
 
 def test_validate_infers_the_task_from_the_annotations_and_lists_every_problem(tmp_path, capsys):

@@ -221,7 +221,9 @@ def test_coco_on_a_tiny_set_fills_every_split_and_drops_the_unannotated_backgrou
     assert not (tmp_path / "p2" / "dataset.json").exists()
 
 
-def test_voc_without_val_list_keeps_the_official_test_images_in_test_and_takes_other_folder_names(tmp_path, capsys):
+@pytest.mark.parametrize("lists", ["imagesets", "csv"])
+def test_voc_without_val_list_keeps_the_official_test_images_in_test_and_takes_other_folder_names(tmp_path, capsys,
+                                                                                                  lists):
     from aistudio.cli.main import main
 
     root = tmp_path / "set"  # a public set's layout: annotations/ + images/, train and test lists only
@@ -233,9 +235,15 @@ def test_voc_without_val_list_keeps_the_official_test_images_in_test_and_takes_o
             f"<annotation><filename>{stem}.jpg</filename><size><width>40</width><height>30</height></size>"
             f"<object><name>{'cat' if n % 2 else 'dog'}</name><bndbox><xmin>2</xmin><ymin>2</ymin><xmax>12</xmax>"
             "<ymax>12</ymax></bndbox></object></annotation>")
-    (root / "ImageSets" / "Main").mkdir(parents=True)
-    (root / "ImageSets" / "Main" / "train.txt").write_text("\n".join(stems[:14]))
-    (root / "ImageSets" / "Main" / "test.txt").write_text("\n".join(stems[14:]))
+    if lists == "imagesets":
+        (root / "ImageSets" / "Main").mkdir(parents=True)
+        (root / "ImageSets" / "Main" / "train.txt").write_text("\n".join(stems[:14]))
+        (root / "ImageSets" / "Main" / "test.txt").write_text("\n".join(stems[14:]))
+    else:  # Kaggle/Roboflow style: one CSV row per box, so an image with two boxes is listed twice
+        header = "filename,width,height,class,xmin,ymin,xmax,ymax\n"
+        for split, chosen in (("train", stems[:14]), ("test", stems[14:])):
+            rows = [f"{stem}.jpg,40,30,cat,2,2,12,12\n" * 2 for stem in chosen]
+            (root / f"{split}_labels.csv").write_text(header + "".join(rows))
     assert main(["import", "voc", str(root), "--annotations", str(root / "annotations"),
                  "--images", str(root / "images"), "--out", str(tmp_path / "project")]) == 0
     project = load_project(tmp_path / "project", task="detection")
@@ -244,7 +252,7 @@ def test_voc_without_val_list_keeps_the_official_test_images_in_test_and_takes_o
     assert {split_of[stem] for stem in stems[:14]} == {"train", "val"}  # val carved from the train list only
     assert 1 <= sum(split_of[stem] == "val" for stem in stems[:14]) <= 4
     assert json.loads((tmp_path / "project" / "dataset.json").read_text())["split_schemes"] == \
-        ["voc-imagesets+holdout-seed0"]
+        [f"{'voc-imagesets' if lists == 'imagesets' else 'csv-lists'}+holdout-seed0"]
 
     # without the folder options, the error says how to name them
     with pytest.raises(AistudioError, match="--annotations DIR --images DIR"):

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import pty
 import random
 import signal
 import socket
@@ -26,7 +25,7 @@ import torch
 
 from aistudio.runs.catalog import find_run
 from aistudio.runs.record import effective_status, load_run, stale_reason
-from tests.helpers import FAST_TRAIN, ROOT, make_color_project, run_train, subprocess_env
+from tests.helpers import FAST_TRAIN, ROOT, TerminalRun, make_color_project, run_train, subprocess_env
 
 pytestmark = pytest.mark.slow
 
@@ -44,59 +43,6 @@ def start_train(args: list[str], tmp: Path, new_session: bool = False) -> subpro
     return subprocess.Popen([sys.executable, str(ROOT / "train.py"), *args], cwd=ROOT, env=subprocess_env(tmp),
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                             start_new_session=new_session)
-
-
-class TerminalRun:
-    """``python train.py`` in a real pseudo-terminal: Ctrl-C typed there reaches the whole foreground
-    process group (the trainer and its DataLoader workers), as in a user's shell."""
-
-    def __init__(self, args: list[str], tmp: Path):
-        env = subprocess_env(tmp)
-        self.pid, self.fd = pty.fork()
-        if self.pid == 0:  # the child: a session leader whose controlling terminal is the pty
-            try:
-                os.chdir(ROOT)
-                os.execve(sys.executable, [sys.executable, str(ROOT / "train.py"), *args], env)
-            finally:
-                os._exit(127)  # never run the rest of pytest in the forked child
-        self.output = bytearray()
-        self.returncode: int | None = None
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-    def _read(self) -> None:  # a terminal must be drained, or the child blocks on its writes
-        while True:
-            try:
-                chunk = os.read(self.fd, 65536)
-            except OSError:
-                return
-            if not chunk:
-                return
-            self.output += chunk
-
-    def type_ctrl_c(self) -> None:
-        os.write(self.fd, b"\x03")
-
-    def poll(self) -> int | None:
-        if self.returncode is None:
-            pid, status = os.waitpid(self.pid, os.WNOHANG)
-            if pid:
-                self.returncode = os.waitstatus_to_exitcode(status)
-        return self.returncode
-
-    def wait(self, timeout: float) -> int:
-        deadline = time.monotonic() + timeout
-        while self.poll() is None:
-            if time.monotonic() > deadline:
-                os.kill(self.pid, signal.SIGKILL)
-                raise AssertionError(f"still running after {timeout} s: {self.text()[-3000:]}")
-            time.sleep(0.05)
-        self._reader.join(timeout=5)
-        os.close(self.fd)
-        return self.returncode  # type: ignore[return-value]
-
-    def text(self) -> str:
-        return self.output.decode(errors="replace")
 
 
 def runs_cli(tmp: Path, *args: str) -> subprocess.CompletedProcess:

@@ -84,7 +84,7 @@ def _validate(args: argparse.Namespace) -> int | None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="aistudio", description=__doc__)
+    parser = argparse.ArgumentParser(prog="aistudio", description=(__doc__ or "").replace("``", "'"))
     commands = parser.add_subparsers(dest="command", required=True)
 
     importer = commands.add_parser("import", help="turn a folder layout into a dataset.json project")
@@ -96,7 +96,8 @@ def build_parser() -> argparse.ArgumentParser:
     _split_options(folder)
     folder.set_defaults(func=_import_image_folder)
 
-    voc = kinds.add_parser("voc", help="Pascal VOC: Annotations/*.xml + JPEGImages (+ ImageSets/Main splits)")
+    voc = kinds.add_parser("voc", help="Pascal VOC: Annotations/*.xml + JPEGImages (+ ImageSets/Main or "
+                                             "{train,val,test}_labels.csv split lists)")
     voc.add_argument("root", help="the folder holding Annotations/ and JPEGImages/")
     voc.add_argument("--out", help="where dataset.json goes (default: root)")
     voc.add_argument("--annotations", help="folder of the XML files (default: root/Annotations)")

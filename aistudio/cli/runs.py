@@ -70,7 +70,9 @@ def _list(args: argparse.Namespace) -> None:
         print(json.dumps(rows, indent=2))
         return
     if not rows:
-        print(f"no runs under {Path(args.root).resolve()}" + (f" with status {args.status}" if args.status else ""))
+        print(f"no runs under {Path(args.root).resolve()}" + (f" with status {args.status}" if args.status else "")
+              + (" (the runs root: --root DIR, or $AISTUDIO_RUNS_DIR, else ./runs of the folder train.py ran in)"
+                 if not args.status else ""))
         return
     _print_table(rows, ["id", "status", "task", "model", "epochs", "best", "duration", "attempt", "dir"])
 

@@ -20,6 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from aistudio import AistudioError, user_error
+from aistudio.config import config_summary
 from aistudio.config_checks import check_config
 from aistudio.data.project import Project, project_from_config
 from aistudio.runs.atomic import atomic_write_json, read_json, remove_stale_temp_files
@@ -165,6 +166,7 @@ def run_training(cfg: DictConfig, run_dir: Path, overrides: list[str] | None = N
     signals.install()  # restored in `finally`, whatever happens from here on
     try:
         config = resolve_config(cfg)
+        log.info(config_summary(config))
         # every process logs what it trains: DDP ranks must agree (tests compare these lines)
         digest = hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:16]
         log.info("process rank %d (pid %d): config sha256 %s", global_rank(), os.getpid(), digest)
@@ -291,11 +293,13 @@ def _fit_and_test(cfg: DictConfig, config: dict[str, Any], project: Project, run
     from hydra.utils import instantiate
 
     from aistudio.training.callbacks import RunDirectoryCallback
+    from aistudio.training.console import tidy_library_output
     from aistudio.training.ddp_relaunch import distributed_scope, pin_relaunch_to_this_job, relaunches_script
     from aistudio.training.graceful_stop import GracefulStop
     from aistudio.training.resume_state import ResumeState
     from aistudio.training.trainer import build_trainer
 
+    tidy_library_output()
     pl.seed_everything(int(cfg.seed), workers=True, verbose=False)
     datamodule = instantiate(cfg.data)
     datamodule.use_project(project)
@@ -334,8 +338,8 @@ def _fit_and_test(cfg: DictConfig, config: dict[str, Any], project: Project, run
             final_metrics=run_callback.entries[-1] if run_callback.entries else {},
             test_metrics=test_metrics, objective={"metric": objective_name, "value": objective},
         )
-    log.info("done: best %s=%s (epoch %s); run directory %s", monitor, best and best[monitor],
-             best and best["epoch"], run_dir)
+    log.info("done: best %s=%s (epoch %s); run directory %s", monitor,
+             f"{best[monitor]:.4g}" if best else None, best and best["epoch"], run_dir)
     return objective
 
 

@@ -143,11 +143,15 @@ class RunDirectoryCallback(Callback):
         self._epoch_lr = dict((checkpoint.get("aistudio") or {}).get("epoch_lr") or {})
 
 
-def progress_bar(kind: str = "auto") -> Callback | None:
-    """Rich bar on a terminal; none when output goes to a file (sweeps, SLURM), where the per-epoch
-    log line is what a reader wants. ``kind``: auto | rich | tqdm | none."""
+def progress_bar(kind: str = "auto", interval_s: float = 30.0) -> Callback | None:
+    """Rich bar on a terminal; a progress line every ``interval_s`` seconds when output goes to a file
+    (sweeps, SLURM), beside the per-epoch line. ``kind``: auto | rich | tqdm | log | none."""
     if kind == "auto":
-        kind = "rich" if sys.stdout.isatty() else "none"
+        kind = "rich" if sys.stdout.isatty() else "log"
+    if kind == "log":
+        from aistudio.training.console import PeriodicProgress
+
+        return PeriodicProgress(interval_s)
     if kind == "rich":
         from lightning.pytorch.callbacks import RichProgressBar
 

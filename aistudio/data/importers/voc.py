@@ -1,4 +1,5 @@
-"""Pascal VOC (``Annotations/*.xml``, ``JPEGImages/``, optional ``ImageSets/Main/{train,val,test}.txt``)."""
+"""Pascal VOC (``Annotations/*.xml``, ``JPEGImages/``, optional ``ImageSets/Main/{train,val,test}.txt``
+or ``{train,val,test}_labels.csv`` split lists)."""
 
 from __future__ import annotations
 
@@ -10,8 +11,10 @@ from aistudio.data.importers.common import holdout_by_first_class, log, progress
 from aistudio.data.project import write_project
 
 
-def _split_lists(root: Path) -> dict[str, str]:
-    """Image id -> split from whichever of ImageSets/Main/{train,val,test}.txt exist (empty: none do)."""
+def _split_lists(root: Path) -> tuple[dict[str, str], str]:
+    """Image id -> split from whichever of ImageSets/Main/{train,val,test}.txt exist, else from CSV lists
+    at the root (``{train,val,test}_labels.csv`` or ``{split}.csv``, a ``filename`` column: the common
+    Kaggle/Roboflow layout); empty when there are none. Also the scheme's name (where the lists came from)."""
     main = root / "ImageSets" / "Main"
     split_of: dict[str, str] = {}
     for split in ("train", "val", "test"):
@@ -19,6 +22,27 @@ def _split_lists(root: Path) -> dict[str, str]:
         if listing.is_file():
             for line in listing.read_text().split():
                 split_of.setdefault(line.strip(), split)
+    return (split_of, "voc-imagesets") if split_of else (_csv_split_lists(root), "csv-lists")
+
+
+def _csv_split_lists(root: Path) -> dict[str, str]:
+    import csv
+
+    split_of: dict[str, str] = {}
+    for split in ("train", "val", "test"):
+        listing = next((p for p in (root / f"{split}_labels.csv", root / f"{split}.csv") if p.is_file()), None)
+        if listing is None:
+            continue
+        with listing.open(newline="", encoding="utf-8-sig") as handle:
+            rows = list(csv.DictReader(handle))
+        column = next((c for c in ("filename", "file", "image", "image_id") if rows and c in rows[0]), None)
+        if column is None:
+            raise AistudioError(f"{listing}: a split list needs a 'filename' column naming each image — add one "
+                                "or remove the file to split at random")
+        for row in rows:  # one row per box in these files: an image appears once per box
+            split_of.setdefault(Path(row[column].strip()).stem, split)
+        log.info("split list %s: %d images -> %s", listing.name,
+                 sum(1 for s in split_of.values() if s == split), split)
     return split_of
 
 
@@ -27,23 +51,23 @@ def _scheme(root: Path, ids: list[str], names_per_image: list[list[str]], val_fr
     """Split scheme 0: the given lists, never dropped. A missing val list is carved from the train list
     (seeded, stratified, reported) and the official test list stays test: test images never reach training.
     No lists at all: a seeded hold-out split."""
-    split_of = _split_lists(root)
+    split_of, source = _split_lists(root)
     if not split_of:
         return holdout_by_first_class(names_per_image, val_fraction, test_fraction, seed), f"holdout-seed{seed}"
     scheme = [split_of.get(i, "train") for i in ids]  # images in no list: train
     given = set(split_of.values())
     if "val" in given:
-        return scheme, "voc-imagesets"
+        return scheme, source
     train = [n for n, split in enumerate(scheme) if split == "train"]
     carve_test = test_fraction if "test" not in given else 0.0
     carved = holdout_by_first_class([names_per_image[n] for n in train], val_fraction, carve_test, seed)
     for n, split in zip(train, carved):
         scheme[n] = split
-    log.warning("%s/ImageSets/Main has no val.txt: %d of the %d train-listed images became val (seed %d, "
+    log.warning("%s: the split lists have no val list: %d of the %d train-listed images became val (seed %d, "
                 "--val %s)%s", root, carved.count("val"), len(train), seed, val_fraction,
                 "; the official test list stays test" if "test" in given else
                 f"; {carved.count('test')} became test (--test {test_fraction})")
-    return scheme, f"voc-imagesets+holdout-seed{seed}"
+    return scheme, f"{source}+holdout-seed{seed}"
 
 
 def import_voc(root: str | Path, out: str | Path | None = None, *, val_fraction: float = 0.15,
