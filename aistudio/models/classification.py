@@ -6,6 +6,7 @@ from typing import Any
 
 from aistudio import AistudioError
 from aistudio.models.names import check_name_and_classes
+from aistudio.models.norm import set_bn_momentum
 from aistudio.models.weights import is_weights_file, load_weights_file, resolve_torchvision_weights
 
 
@@ -21,12 +22,13 @@ MODEL_KIND = "classification"
 
 
 def build_classifier(name: str, num_classes: int | None, weights: str | None = None, in_channels: int = 3,
-                     **kwargs: Any) -> Any:
+                     bn_momentum: float | None = None, **kwargs: Any) -> Any:
     """Build a torchvision classifier with ``num_classes`` outputs and ``in_channels`` inputs.
 
     ``weights``: null (random init), a torchvision weights name (``DEFAULT``, ``IMAGENET1K_V1``, ...,
     from the local hub cache) or a local file. Pretrained heads are replaced by fresh ones;
     extra ``kwargs`` go to the torchvision builder (e.g. ``image_size`` for ViT, ``dropout``).
+    ``bn_momentum``: BatchNorm running-statistics momentum (see :func:`aistudio.models.norm.set_bn_momentum`).
     """
     import torchvision.models as models
 
@@ -43,7 +45,7 @@ def build_classifier(name: str, num_classes: int | None, weights: str | None = N
             load_weights_file(model, weights)
     if in_channels != 3:
         adapt_input_channels(model, in_channels)
-    return model
+    return set_bn_momentum(model, bn_momentum)
 
 
 def _out_size(module: Any) -> int | None:
