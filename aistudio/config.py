@@ -7,6 +7,8 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
+from aistudio.devices import gpus_per_node, processes_per_node
+
 
 def run_dir_for(resume: str | None, default: str) -> str:
     """``hydra.run.dir``: the resumed run's own directory when ``resume`` is set, else ``default``."""
@@ -32,31 +34,13 @@ def sqlite_url(path: str) -> str:
     return f"sqlite:///{target}"
 
 
-def device_count(selected_devices: object, cpu_processes: object = 1) -> int:
-    """Processes one run starts per node: CPU processes, or one per selected GPU (SLURM tasks per node)."""
-    if selected_devices in ("cpu", None) or selected_devices == 0:
-        return int(cpu_processes or 1)
-    if selected_devices == "auto":
-        return 1
-    if isinstance(selected_devices, int):
-        return selected_devices
-    return len(list(selected_devices))  # type: ignore[arg-type]
-
-
-def gpu_count(selected_devices: object) -> int | None:
-    """GPUs per node to ask SLURM for (None on CPU hardware)."""
-    if selected_devices in ("cpu", None, "auto") or selected_devices == 0:
-        return None
-    return device_count(selected_devices)
-
-
 def register_resolvers() -> None:
     if not OmegaConf.has_resolver("aistudio_run_dir"):
         OmegaConf.register_new_resolver("aistudio_run_dir", run_dir_for)
     if not OmegaConf.has_resolver("aistudio_devices"):
-        OmegaConf.register_new_resolver("aistudio_devices", device_count)
+        OmegaConf.register_new_resolver("aistudio_devices", processes_per_node)
     if not OmegaConf.has_resolver("aistudio_gpus"):
-        OmegaConf.register_new_resolver("aistudio_gpus", gpu_count)
+        OmegaConf.register_new_resolver("aistudio_gpus", gpus_per_node)
     if not OmegaConf.has_resolver("aistudio_sqlite"):
         OmegaConf.register_new_resolver("aistudio_sqlite", sqlite_url)
     if not OmegaConf.has_resolver("aistudio_direction"):

@@ -299,3 +299,47 @@ def test_type_checks_know_common_annotations():
     assert _matches(16, Literal["16", "32"]) and not _matches("17", Literal["16", "32"])
     assert _matches({"_target_": "x.Y"}, int)  # instantiated before the call: not the config's business
     assert _matches("/some/path", Union[str, "os.PathLike"]) and not _matches(1, bool)
+
+
+def test_one_device_rule_for_trainer_slurm_and_lock(monkeypatch, tmp_path):
+    """auto and its explicit equivalent are the same devices for the Trainer, SLURM and the lock."""
+    from aistudio.devices import DeviceSet, gpus_per_node, processes_per_node, resolve_devices
+    from aistudio.runs.lock import RunLock, device_set
+
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    assert resolve_devices("auto", visible=0) == resolve_devices("cpu") == DeviceSet("cpu", (), 1)
+    assert resolve_devices("auto", visible=2) == resolve_devices([0, 1], visible=2) == resolve_devices(2, visible=2)
+    assert resolve_devices("auto", visible=2).key == "gpu:0,1" and resolve_devices("cpu", 2).key == "cpu"
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3,1")  # visible GPU 0 is physical GPU 3
+    assert resolve_devices([0], visible=2).key == "gpu:3" and resolve_devices("auto", visible=2).key == "gpu:1,3"
+    with pytest.raises(AistudioError, match=r"GPU\(s\) \[2\] do not exist"):
+        resolve_devices([0, 2], visible=2)
+    with pytest.raises(AistudioError, match="hardware.selected_devices='gpus' — use cpu, auto"):
+        resolve_devices("gpus")
+    assert (processes_per_node([0, 1]), gpus_per_node([0, 1])) == (2, 2)
+    assert (processes_per_node("cpu", 2), gpus_per_node("cpu"), processes_per_node("auto")) == (2, None, 1)
+
+    # the lock: on this machine (no GPU here) cpu, auto and cpu_ddp are one device set
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
+    if torch.cuda.is_available():
+        pytest.skip("the CPU lock case needs a machine without GPUs")
+    keys = {device_set({"selected_devices": s, "cpu_processes": p}) for s, p in (("auto", 1), ("cpu", 1), ("cpu", 2))}
+    assert keys == {"cpu"}
+    held = RunLock(str(tmp_path), device_set({"selected_devices": "auto"}), lock_dir=tmp_path / "locks")
+    held.acquire(tmp_path / "run-a", "a")
+    try:
+        with pytest.raises(AistudioError, match="another training run is active"):
+            RunLock(str(tmp_path), device_set({"selected_devices": "cpu"}), lock_dir=tmp_path / "locks").acquire(
+                tmp_path / "run-b", "b")
+    finally:
+        held.release()
+
+
+@pytest.mark.parametrize("overrides, tasks, gpus", [
+    (["hardware=cpu"], 1, None), (["hardware=cpu_ddp"], 2, None), (["hardware=auto"], 1, None),
+    (["hardware=gpu", "hardware.selected_devices=[0,1]"], 2, 2), (["hardware=gpu", "hardware.selected_devices=3"], 3, 3),
+])
+def test_slurm_launcher_shape_follows_the_device_rule(compose_cfg, overrides, tasks, gpus):
+    cfg = compose_cfg("hydra/launcher=slurm", *overrides)
+    launcher = cfg.hydra.launcher
+    assert (launcher.tasks_per_node, launcher.gpus_per_node) == (tasks, gpus)

@@ -246,8 +246,8 @@ def _acquire_lock(cfg: DictConfig, run_dir: Path, run_id: str) -> RunLock | None
         hardware = OmegaConf.to_container(cfg.hardware, resolve=True) if cfg.get("hardware") else {}
     except OmegaConfBaseException:
         return None
-    lock = RunLock(project, device_set(hardware or {}))  # type: ignore[arg-type]
-    try:
+    try:  # an impossible device setting is refused here too, before anything is written
+        lock = RunLock(project, device_set(hardware or {}))  # type: ignore[arg-type]
         lock.acquire(run_dir, run_id)
     except AistudioError:
         _remove_unused_run_dir(run_dir)

@@ -43,10 +43,11 @@ def project_identity(project: Any) -> str:
 
 
 def device_set(hardware: dict[str, Any]) -> str:
-    """``cpu`` or the accelerator with its devices (CUDA_VISIBLE_DEVICES included: it renames GPUs)."""
-    selected = hardware.get("selected_devices", "auto")
-    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-    return f"{selected}" + (f"@CUDA_VISIBLE_DEVICES={visible}" if visible and selected != "cpu" else "")
+    """The lock's device key: the concrete devices the hardware setting resolves to on this machine
+    (:func:`aistudio.devices.resolve_devices`), so ``auto`` and its explicit equivalent share a lock."""
+    from aistudio.devices import resolve_devices
+
+    return resolve_devices(hardware.get("selected_devices", "auto"), hardware.get("cpu_processes", 1)).key
 
 
 class RunLock:
