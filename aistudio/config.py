@@ -8,6 +8,7 @@ from typing import Any
 from omegaconf import OmegaConf
 
 from aistudio.devices import gpus_per_node, processes_per_node
+from aistudio.run_layout import RUN_FILE, default_runs_root
 
 
 def run_dir_for(resume: str | None, default: str) -> str:
@@ -17,7 +18,7 @@ def run_dir_for(resume: str | None, default: str) -> str:
     path = Path(str(resume)).expanduser()
     if path.is_file():  # a checkpoint: <run>/checkpoints/last.ckpt
         path = path.parent.parent
-    if not (path / "run.json").is_file():
+    if not (path / RUN_FILE).is_file():
         return default  # not a run: train.py reports it (raising here would print Hydra's traceback)
     return str(path.resolve())
 
@@ -37,6 +38,8 @@ def sqlite_url(path: str) -> str:
 def register_resolvers() -> None:
     if not OmegaConf.has_resolver("aistudio_run_dir"):
         OmegaConf.register_new_resolver("aistudio_run_dir", run_dir_for)
+    if not OmegaConf.has_resolver("aistudio_runs_root"):
+        OmegaConf.register_new_resolver("aistudio_runs_root", lambda: str(default_runs_root()))
     if not OmegaConf.has_resolver("aistudio_devices"):
         OmegaConf.register_new_resolver("aistudio_devices", processes_per_node)
     if not OmegaConf.has_resolver("aistudio_gpus"):

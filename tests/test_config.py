@@ -265,7 +265,7 @@ def shipped_choices() -> list[list[str]]:
 @pytest.mark.parametrize("overrides", shipped_choices(), ids=lambda o: " ".join(o))
 def test_every_shipped_config_passes_the_early_config_checks(compose_cfg, overrides):
     """The checks that reject typos before anything is built must never reject what we ship."""
-    from aistudio.config_checks import check_config
+    from aistudio.training.config_checks import check_config
 
     cfg = compose_cfg(*overrides)
     config = OmegaConf.to_container(cfg, resolve=True)
@@ -289,16 +289,17 @@ def test_a_wrongly_typed_value_is_one_line_and_makes_no_run_directory(tmp_path, 
 
 
 def test_type_checks_know_common_annotations():
+    import os
     from typing import Literal, Optional, Union
 
-    from aistudio.config_checks import _matches
+    from aistudio.training.config_checks import _matches
 
     assert _matches(3, int) and not _matches(True, int) and not _matches("3", int) and _matches(None, int)
-    assert _matches(3, float) and _matches(0.5, Optional[float]) and not _matches("x", Union[float, int])
+    assert _matches(3, float) and _matches(0.5, Optional[float]) and not _matches("x", Union[float, int])  # noqa: UP007, UP045 - the typing forms libraries use
     assert _matches([1, 2], list[int]) and not _matches(5, list[int]) and _matches({"a": 1}, dict[str, int])
     assert _matches(16, Literal["16", "32"]) and not _matches("17", Literal["16", "32"])
     assert _matches({"_target_": "x.Y"}, int)  # instantiated before the call: not the config's business
-    assert _matches("/some/path", Union[str, "os.PathLike"]) and not _matches(1, bool)
+    assert _matches("/some/path", os.PathLike) and not _matches(1, bool)
 
 
 def test_one_device_rule_for_trainer_slurm_and_lock(monkeypatch, tmp_path):

@@ -11,15 +11,10 @@ import sys
 from pathlib import Path
 
 from aistudio import AistudioError
+from aistudio.overrides import override_key
+from aistudio.run_layout import LAST_CHECKPOINT, RUN_FILE, default_runs_root
 from aistudio.runs.atomic import read_json
-from aistudio.runs.catalog import default_runs_root, find_run
-from aistudio.runs.record import RUN_FILE
-
-
-def override_key(override: str) -> str:
-    """``+a.b=1`` / ``~a.b`` / ``++a.b=1`` / ``a.b=1`` -> ``a.b``."""
-    return override.lstrip("+~").split("=", 1)[0]
-
+from aistudio.runs.catalog import find_run
 
 # overrides that change what the checkpoint's weights fit: a resume cannot load them into another architecture
 ARCHITECTURE_KEYS = ("model", "model.name", "model.num_classes", "model.anchor_sizes", "model.aspect_ratios",
@@ -37,7 +32,7 @@ def refuse_architecture_change(reference: str, run_dir: Path, stored: list[str],
                 f"resume={reference}: {override} changes the model or task of the run being resumed (it was "
                 f"trained with {was}), and its checkpoint cannot be loaded into another one — drop {key} to "
                 f"resume, or start a new run from its weights: python train.py {override} "
-                f"model.weights={run_dir}/checkpoints/last.ckpt")
+                f"model.weights={run_dir}/{LAST_CHECKPOINT}")
 
 
 def expand_resume(argv: list[str]) -> list[str]:

@@ -18,7 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from aistudio import AistudioError
-from aistudio.runs.catalog import default_runs_root, find_run, load_runs
+from aistudio.run_layout import default_runs_root
+from aistudio.runs.catalog import find_run, load_runs
 from aistudio.runs.record import effective_status, load_run, stale_reason
 
 

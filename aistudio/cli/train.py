@@ -21,19 +21,18 @@ from omegaconf.errors import OmegaConfBaseException
 
 from aistudio import AistudioError, user_error
 from aistudio.config import config_summary
-from aistudio.config_checks import check_config
+from aistudio.training.config_checks import check_config
 from aistudio.data.project import Project, project_from_config
+from aistudio.run_layout import CONFIG_FILE, LAST_CHECKPOINT, RUN_FILE
 from aistudio.runs.atomic import atomic_write_json, read_json, remove_stale_temp_files
 from aistudio.runs.failures import explain_failure
 from aistudio.runs.heartbeat import Heartbeat
 from aistudio.runs.lock import RunLock, device_set
 from aistudio.runs.rank import global_rank
-from aistudio.runs.record import HEARTBEAT_INTERVAL_S, RUN_FILE, RunRecord, new_run_id, stale_reason
+from aistudio.runs.record import HEARTBEAT_INTERVAL_S, RunRecord, new_run_id, stale_reason
 from aistudio.runs.stop import StopSignals, TrainingStopped, stopped_by
 
 log = logging.getLogger("aistudio.train")
-
-CONFIG_FILE = "config.json"
 
 
 def main(cfg: DictConfig) -> float | None:
@@ -58,7 +57,7 @@ def main(cfg: DictConfig) -> float | None:
             return None
         if problem is None:
             raise
-        where = f"\n(run directory: {run_dir})" if (run_dir / "run.json").exists() else ""
+        where = f"\n(run directory: {run_dir})" if (run_dir / RUN_FILE).exists() else ""
         print(f"\nError: {problem}{where}", file=sys.stderr)
         sys.exit(1)
 
@@ -66,7 +65,7 @@ def main(cfg: DictConfig) -> float | None:
 def _refuse_bad_config(cfg: DictConfig, run_dir: Path) -> None:
     """A value of the wrong type (``trainer.max_epochs=three``) or one that cannot be resolved is one line,
     before a run is recorded: the directory Hydra made for it is removed again (a resumed run's is kept)."""
-    from aistudio.config_checks import check_types
+    from aistudio.training.config_checks import check_types
 
     try:
         check_types(resolve_config(cfg))
@@ -94,7 +93,7 @@ def resolve_config(cfg: DictConfig) -> dict[str, Any]:
 def slurm_requeued(run_dir: Path) -> bool:
     """A SLURM job started again after a requeue (preemption, time limit, scontrol requeue): the same
     run directory already holds this run, to be continued rather than refused."""
-    return int(os.environ.get("SLURM_RESTART_COUNT") or 0) > 0 and (run_dir / "run.json").is_file()
+    return int(os.environ.get("SLURM_RESTART_COUNT") or 0) > 0 and (run_dir / RUN_FILE).is_file()
 
 
 def resume_checkpoint(cfg: DictConfig, run_dir: Path) -> Path | None:
@@ -105,11 +104,11 @@ def resume_checkpoint(cfg: DictConfig, run_dir: Path) -> Path | None:
         return None
     reference = cfg.get("resume") or f"{run_dir} (SLURM requeue {os.environ.get('SLURM_RESTART_COUNT')})"
     given = Path(str(cfg.resume)).expanduser() if cfg.get("resume") else run_dir
-    checkpoint = given if given.is_file() else run_dir / "checkpoints" / "last.ckpt"
-    previous = read_json(run_dir / "run.json")
+    checkpoint = given if given.is_file() else run_dir / LAST_CHECKPOINT
+    previous = read_json(run_dir / RUN_FILE)
     if previous is None:
         raise AistudioError(f"resume={reference}: not a run directory (no run.json there) — pass a run's "
-                            "directory or its checkpoints/last.ckpt")
+                            f"directory or its {LAST_CHECKPOINT}")
     if previous.get("status") in ("pending", "running") and not stale_reason(previous) and not requeued:
         raise AistudioError(f"resume={reference}: that run is still going (pid {previous.get('pid')} on "
                             f"{previous.get('host')}) — wait for it or stop it first")
@@ -318,7 +317,7 @@ def _fit_and_test(cfg: DictConfig, config: dict[str, Any], project: Project, run
     monitor, mode = config["task"]["monitor"], config["task"]["mode"]
     ties = bool(OmegaConf.select(cfg, "callbacks.model_checkpoint.save_on_tie", default=True))
     run_callback = RunDirectoryCallback(run_dir, record, monitor, mode, run_config=config, best_on_tie=ties)
-    stop = GracefulStop(signals, run_dir / "checkpoints" / "last.ckpt")
+    stop = GracefulStop(signals, run_dir / LAST_CHECKPOINT)
     trainer = build_trainer(cfg, run_callback, extra_callbacks=[ResumeState(), stop])
     relaunch = global_rank() == 0 and relaunches_script(trainer)
     if relaunch:

@@ -16,7 +16,7 @@ def available_classifiers() -> list[str]:
     return models.list_models(module=models)
 
 
-# what config checks (aistudio.config_checks) validate model.name against, before anything is built
+# what config checks (aistudio.training.config_checks) validate model.name against, before anything is built
 available_models = available_classifiers
 MODEL_KIND = "classification"
 

@@ -27,7 +27,7 @@ def available_detectors() -> list[str]:
     return models.list_models(module=models.detection)
 
 
-# what config checks (aistudio.config_checks) validate model.name against, before anything is built
+# what config checks (aistudio.training.config_checks) validate model.name against, before anything is built
 available_models = available_detectors
 MODEL_KIND = "detection"
 

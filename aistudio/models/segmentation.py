@@ -21,7 +21,7 @@ def available_segmenters() -> list[str]:
     return models.list_models(module=models.segmentation)
 
 
-# what config checks (aistudio.config_checks) validate model.name against, before anything is built
+# what config checks (aistudio.training.config_checks) validate model.name against, before anything is built
 available_models = available_segmenters
 MODEL_KIND = "segmentation"
 

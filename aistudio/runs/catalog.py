@@ -11,14 +11,11 @@ from pathlib import Path
 from typing import Any
 
 from aistudio import AistudioError
+from aistudio.run_layout import RUN_FILE, default_runs_root
 from aistudio.runs.atomic import read_json
-from aistudio.runs.record import RUN_FILE, effective_status
+from aistudio.runs.record import effective_status
 
 MAX_DEPTH = 4
-
-
-def default_runs_root() -> Path:
-    return Path(os.environ.get("AISTUDIO_RUNS_DIR") or "runs")
 
 
 def run_dirs(root: str | Path) -> list[Path]:

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from aistudio import AistudioError, exception_chain
+from aistudio.run_layout import RUN_FILE
 
 _OOM_MARKERS = ("out of memory", "can't allocate memory", "cannot allocate memory", "outofmemoryerror")
 _WORKER_MARKERS = ("exited unexpectedly", "is killed by signal")
@@ -92,7 +93,7 @@ def _disk_full(chain: list[BaseException]) -> AistudioError | None:
             pass
     details = f" ({', '.join(amounts)})" if amounts else ""
     advice = f"free space{where}"
-    if any((p / "run.json").is_file() for p in (folder, *folder.parents[:3])):  # in a run directory
+    if any((p / RUN_FILE).is_file() for p in (folder, *folder.parents[:3])):  # in a run directory
         advice += " or set paths.runs_root (or hydra.run.dir) to a folder on a larger disk"
     return AistudioError(f"{what} {writing}{details} — {advice}")
 

@@ -24,9 +24,9 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from aistudio.run_layout import RUN_FILE
 from aistudio.runs.atomic import atomic_write_json, read_json
 
-RUN_FILE = "run.json"
 SCHEMA_VERSION = 1
 STATUSES = ("pending", "running", "completed", "failed", "interrupted")
 FINAL_STATUSES = ("completed", "failed", "interrupted")

@@ -23,6 +23,7 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
+from aistudio.run_layout import RUN_FILE
 from aistudio.runs.atomic import atomic_write_json, read_json
 from aistudio.runs.record import effective_status, utc_now
 
@@ -54,7 +55,7 @@ def update_sweep(sweep_dir: Path, change: Any) -> dict[str, Any]:
 
 
 def job_entry(run_dir: Path, overrides: list[str]) -> dict[str, Any]:
-    run = read_json(run_dir / "run.json", default=None) or {}
+    run = read_json(run_dir / RUN_FILE, default=None) or {}
     objective = run.get("objective") or {}
     best = run.get("best") or {}
     return {"run_id": run.get("id"), "run_dir": str(run_dir), "status": effective_status(run) if run else "failed",

@@ -16,12 +16,12 @@ from typing import Any
 import lightning.pytorch as pl
 from lightning.pytorch.callbacks import Callback
 
+from aistudio.run_layout import METRICS_FILE
 from aistudio.runs.atomic import atomic_write_json, read_json
 from aistudio.runs.record import RunRecord, utc_now
 
 log = logging.getLogger("aistudio.train")
 
-METRICS_FILE = "metrics.json"
 
 
 def scalar_metrics(metrics: dict[str, Any]) -> dict[str, float]:

@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from aistudio.cli.resume_args import override_key
+from aistudio.overrides import override_key
 
 log = logging.getLogger("aistudio.train")
 

@@ -27,12 +27,13 @@ from lightning.pytorch.loggers import MLFlowLogger
 from lightning.pytorch.loggers.logger import rank_zero_experiment
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
+from aistudio.run_layout import CONFIG_FILE, METRICS_FILE, RUN_FILE, TRAINING_LOG
 from aistudio.runs.atomic import read_json
-from aistudio.runs.record import FINAL_STATUSES, RUN_FILE
+from aistudio.runs.record import FINAL_STATUSES
 
 log = logging.getLogger("aistudio.train")
 
-ARTIFACTS = ("config.json", "metrics.json", RUN_FILE, "logs/training.log")
+ARTIFACTS = (CONFIG_FILE, METRICS_FILE, RUN_FILE, TRAINING_LOG)
 MLFLOW_STATUS = {"completed": "FINISHED", "failed": "FAILED", "interrupted": "KILLED"}
 HYDRA_FLAGS = ("_partial_", "_recursive_", "_convert_")  # instantiate() flags, not hyperparameters
 RUN_NAME_OVERRIDES_MAX = 60  # longer override lists stay in the aistudio.overrides tag only
@@ -74,7 +75,7 @@ class RunLinkedMLFlowLogger(MLFlowLogger):
         from mlflow.entities import Param
 
         record = read_json(self.run_dir / RUN_FILE) or {}
-        config = read_json(self.run_dir / "config.json") or {}
+        config = read_json(self.run_dir / CONFIG_FILE) or {}
         self._params = run_params(record.get("overrides") or [], config)
         params = [Param(key, value) for key, value in self._params.items()]
         for start in range(0, len(params), 100):  # MLflow's limit per batch
