@@ -21,7 +21,6 @@ from omegaconf.errors import OmegaConfBaseException
 
 from aistudio import AistudioError, user_error
 from aistudio.config import config_summary
-from aistudio.training.config_checks import check_config
 from aistudio.data.project import Project, project_from_config
 from aistudio.run_layout import CONFIG_FILE, LAST_CHECKPOINT, RUN_FILE
 from aistudio.runs.atomic import atomic_write_json, read_json, remove_stale_temp_files
@@ -31,6 +30,7 @@ from aistudio.runs.lock import RunLock, device_set
 from aistudio.runs.rank import global_rank
 from aistudio.runs.record import HEARTBEAT_INTERVAL_S, RunRecord, new_run_id, stale_reason
 from aistudio.runs.stop import StopSignals, TrainingStopped, stopped_by
+from aistudio.training.config_checks import check_config
 
 log = logging.getLogger("aistudio.train")
 
@@ -43,10 +43,10 @@ def main(cfg: DictConfig) -> float | None:
     hydra_cfg = HydraConfig.get()
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
     run_dir = Path(hydra_cfg.runtime.output_dir)
-    if not multirun:  # a sweep's jobs record such a failure in their own run.json instead
-        _refuse_bad_config(cfg, run_dir)
+    # a sweep's jobs record a type error in their own run.json instead
+    project = None if multirun else _refuse_bad_config(cfg, run_dir)
     try:
-        return run_training(cfg, run_dir, overrides=list(hydra_cfg.overrides.task))
+        return run_training(cfg, run_dir, overrides=list(hydra_cfg.overrides.task), project=project)
     except TrainingStopped as stop:  # recorded as interrupted; a signal stops a whole sweep too
         print(f"\nStopped by {stop.signal_name}: run recorded as interrupted, resume with "
               f"python train.py resume={run_dir}", file=sys.stderr)
@@ -62,17 +62,25 @@ def main(cfg: DictConfig) -> float | None:
         sys.exit(1)
 
 
-def _refuse_bad_config(cfg: DictConfig, run_dir: Path) -> None:
-    """A value of the wrong type (``trainer.max_epochs=three``) or one that cannot be resolved is one line,
-    before a run is recorded: the directory Hydra made for it is removed again (a resumed run's is kept)."""
+def _refuse_bad_config(cfg: DictConfig, run_dir: Path) -> Project | None:
+    """A value of the wrong type (``trainer.max_epochs=three``) is one line before a run is recorded: the
+    directory Hydra made for it is removed again (a resumed run's is kept). The dataset is validated
+    first (returned, so it is not validated twice): a dataset problem is still reported before torch is
+    imported, and recorded as the run's failure by :func:`run_training` like an unresolvable value."""
     from aistudio.training.config_checks import check_types
 
     try:
-        check_types(resolve_config(cfg))
+        config = resolve_config(cfg)
+        project = project_from_config(config["data"])
+    except AistudioError:
+        return None
+    try:
+        check_types(config)  # imports the targets (Lightning's Trainer) to read their signatures
     except AistudioError as err:
         _remove_unused_run_dir(run_dir)
         print(f"Error: {err}", file=sys.stderr)
         sys.exit(1)
+    return project
 
 
 def resolve_config(cfg: DictConfig) -> dict[str, Any]:
@@ -134,7 +142,8 @@ def slurm_fields() -> dict[str, Any]:
     return {"slurm": found} if found else {}
 
 
-def run_training(cfg: DictConfig, run_dir: Path, overrides: list[str] | None = None) -> float | None:
+def run_training(cfg: DictConfig, run_dir: Path, overrides: list[str] | None = None,
+                 project: Project | None = None) -> float | None:
     """Run one training job in ``run_dir``; every outcome ends in run.json (failed runs keep their files).
 
     Rank 0 records the run, holds the project/devices lock (unless ``exclusive=false`` or a scheduler
@@ -169,7 +178,8 @@ def run_training(cfg: DictConfig, run_dir: Path, overrides: list[str] | None = N
         # every process logs what it trains: DDP ranks must agree (tests compare these lines)
         digest = hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:16]
         log.info("process rank %d (pid %d): config sha256 %s", global_rank(), os.getpid(), digest)
-        project = project_from_config(config["data"])  # every dataset problem at once, before torch is imported
+        # every dataset problem at once, before torch is imported (``project``: validated already)
+        project = project or project_from_config(config["data"])
         check_config(config)  # unknown model name, optimizer/trainer arguments: one line, nothing built yet
         if record:
             record.update(monitor={"metric": config["task"]["monitor"], "mode": config["task"]["mode"]},
