@@ -8,8 +8,8 @@ import torch
 
 from aistudio import AistudioError, user_error
 from aistudio.cli.train import _class_weights
+from aistudio.data.classification import ClassificationDataset
 from aistudio.data.datamodule import ProjectDataModule
-from aistudio.data.datasets import ClassificationDataset
 from aistudio.models.classification import build_classifier, head_modules
 from aistudio.tasks.classification import ClassificationModule
 

@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset
 
-from aistudio.data.images import read_image
+from aistudio.data.images import as_tensor, read_image
 from aistudio.data.project import ImageRecord, Project
 from aistudio.data.sampling import seed_transform, split_key
 
@@ -32,6 +32,4 @@ class ClassificationDataset(Dataset):
         if self.transform is not None:
             seed_transform(self.transform, seed)
             image = self.transform(image=image)["image"]
-        if not isinstance(image, torch.Tensor):
-            image = torch.from_numpy(image).permute(2, 0, 1).float().div_(255)
-        return image, int(record.label)
+        return as_tensor(image), int(record.label)

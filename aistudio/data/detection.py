@@ -15,7 +15,7 @@ import torch
 from torch.utils.data import Dataset
 
 from aistudio.data.annotations import ObjectRecord
-from aistudio.data.images import read_image
+from aistudio.data.images import as_tensor, read_image
 from aistudio.data.project import ImageRecord, Project
 from aistudio.data.sampling import seed_transform, split_key
 
@@ -81,8 +81,7 @@ class DetectionDataset(Dataset):
             labels, ids = [int(v) for v in out["labels"]], [int(v) for v in out["ids"]]
             if self.masks:
                 masks = [out["masks"][i] for i in ids]
-        if not isinstance(image, torch.Tensor):
-            image = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float().div_(255)
+        image = as_tensor(image)
         box_tensor = torch.as_tensor(np.asarray(boxes, dtype=np.float32).reshape(-1, 4))
         box_tensor[:, 2:] += box_tensor[:, :2]  # xywh -> xyxy
         target = {"boxes": box_tensor, "labels": torch.as_tensor(list(labels), dtype=torch.int64),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -59,6 +60,15 @@ def _quiet_opencv() -> None:
     import cv2
 
     cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
+
+
+def as_tensor(image: Any) -> Any:
+    """HxWxC uint8 -> CxHxW float in [0, 1], for samples no transform turned into a tensor already."""
+    import torch
+
+    if isinstance(image, torch.Tensor):
+        return image
+    return torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float().div_(255)
 
 
 def read_image(path: str | Path, channels: int = 3) -> np.ndarray:

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from aistudio.data.images import read_image
+from aistudio.data.images import as_tensor, read_image
 from aistudio.data.masks import MaskClasses, read_mask
 from aistudio.data.project import DatasetError, ImageRecord, Project
 from aistudio.data.sampling import seed_transform, split_key
@@ -48,8 +48,7 @@ class SegmentationDataset(Dataset):
             seed_transform(self.transform, seed)
             out = self.transform(image=image, mask=mask)
             image, mask = out["image"], out["mask"]
-        if not isinstance(image, torch.Tensor):
-            image = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float().div_(255)
+        image = as_tensor(image)
         mask = mask if isinstance(mask, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(mask))
         return image, mask.long()
 

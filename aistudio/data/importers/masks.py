@@ -15,6 +15,7 @@ import numpy as np
 from aistudio import AistudioError
 from aistudio.data.importers.common import log, progress, relative
 from aistudio.data.importers.image_folder import IMAGE_SUFFIXES
+from aistudio.data.masks import MaskClasses
 from aistudio.data.project import write_project
 from aistudio.data.splits import stratified_holdout
 
@@ -83,8 +84,7 @@ def import_mask_folder(images_dir: str | Path, masks_dir: str | Path, out: str |
         raise AistudioError(f"{len(classes)} class names for {len(mask_values)} mask values {mask_values} — "
                             "give one name per value")
     identity = mask_values == list(range(len(mask_values)))
-    lookup = np.full(65536, ignore_index, dtype=np.int64)  # label images are 8- or 16-bit
-    lookup[np.asarray(mask_values)] = np.arange(len(mask_values))
+    lookup = MaskClasses(len(mask_values), mask_values, ignore_index, masks_dir).table  # the training table
     split = stratified_holdout(["all"] * len(images), val_fraction, test_fraction, seed)
     entries = []
     for image, part in zip(images, split):
