@@ -123,6 +123,7 @@ def _matches(value: Any, hint: Any) -> bool:
     config cannot say more: None always passes (many defaults are None without Optional), an
     instantiated node passes, numbers pass as strings, and classes a config cannot hold are not checked."""
     import collections.abc
+    import enum
     import os
     import types
     import typing
@@ -152,7 +153,7 @@ def _matches(value: Any, hint: Any) -> bool:
     if not isinstance(value, (str, int, float, bool)) or not inspect.isclass(container):
         return True  # a class a config cannot construct, a callable, a type variable: not checked here
     if isinstance(value, str) and (issubclass(container, os.PathLike) or container.__name__ in ("device", "dtype")
-                                   or issubclass(container, __import__("enum").Enum)):
+                                   or issubclass(container, enum.Enum)):
         return True  # Hydra passes paths, devices and enum members as their text
     return isinstance(value, container)
 
