@@ -70,7 +70,8 @@ class MaskClasses:
         """Class indices (ignored pixels = ``ignore_index``) of one decoded label image."""
         raw = _pixel_values(raw, path)
         if self.mask_values is None:
-            if not self.known[raw].all():
+            # the common case costs one max(); the full lookup only runs when a value is out of range
+            if raw.max(initial=0) >= self.num_classes and not self.known[raw].all():
                 raise DatasetError(path, [self.not_classes(self.unlisted(raw, path))])
             if self.table.dtype == raw.dtype:
                 return raw  # already class indices
