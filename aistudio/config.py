@@ -1,12 +1,15 @@
-"""OmegaConf resolvers used by conf/ (registered by train.py before Hydra composes; no heavy imports)."""
+"""OmegaConf resolvers used by conf/ (registered by train.py before Hydra composes), the one-line config
+summary, and the composed config -> the resolved dict config.json holds. No heavy imports."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
+from aistudio import AistudioError
 from aistudio.devices import gpus_per_node, processes_per_node
 from aistudio.run_layout import RUN_FILE, default_runs_root
 
@@ -76,3 +79,16 @@ def config_summary(config: dict[str, Any]) -> str:
         f"seed {pick('seed')}",
     ]
     return "config: " + " · ".join(parts)
+
+
+def resolve_config(cfg: DictConfig) -> dict[str, Any]:
+    """The frozen, fully resolved config (what config.json holds); missing values are one clear error."""
+    try:
+        return OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)  # type: ignore[return-value]
+    except MissingMandatoryValue as err:
+        key = getattr(err, "full_key", None) or "?"
+        raise AistudioError(f"config value {key} is required but not set — add {key}=... to the command line") from None
+    except OmegaConfBaseException as err:
+        key = getattr(err, "full_key", None) or "?"
+        raise AistudioError(f"config value {key} cannot be resolved: {str(err).splitlines()[0]} — "
+                            f"fix it on the command line or in conf/ ({key}=...)") from None

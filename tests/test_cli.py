@@ -42,24 +42,22 @@ def test_resume_is_refused_while_the_run_is_alive_or_completed(tmp_path):
     import socket
 
     import pytest
-    from omegaconf import OmegaConf
 
     from aistudio import AistudioError
-    from aistudio.cli.train import resume_checkpoint
+    from aistudio.runs.resume import resume_checkpoint
 
     run_dir = tmp_path / "run"
     (run_dir / "checkpoints").mkdir(parents=True)
     (run_dir / "checkpoints" / "last.ckpt").write_bytes(b"x")
-    cfg = OmegaConf.create({"resume": str(run_dir)})
     record = {"status": "running", "pid": os.getpid(), "host": socket.gethostname()}
     (run_dir / "run.json").write_text(json.dumps(record))
     with pytest.raises(AistudioError, match="still going"):
-        resume_checkpoint(cfg, run_dir)
+        resume_checkpoint(run_dir, str(run_dir), None)
     (run_dir / "run.json").write_text(json.dumps({**record, "pid": 2**22 + 7}))  # a pid that is not running
-    assert resume_checkpoint(cfg, run_dir) == run_dir / "checkpoints" / "last.ckpt"
+    assert resume_checkpoint(run_dir, str(run_dir), None) == run_dir / "checkpoints" / "last.ckpt"
     (run_dir / "run.json").write_text(json.dumps({**record, "status": "completed"}))
     with pytest.raises(AistudioError, match="already completed"):
-        resume_checkpoint(cfg, run_dir)
+        resume_checkpoint(run_dir, str(run_dir), None)
 
 
 def test_import_voc_and_masks_commands(tmp_path, capsys):

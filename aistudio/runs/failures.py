@@ -135,3 +135,17 @@ def explain_failure(error: BaseException, config: dict[str, Any] | None = None) 
         problem.__cause__ = error
         return problem
     return None
+
+
+def quoted_settings(cfg: Any) -> dict[str, Any]:
+    """The data settings an out-of-memory message quotes, read from the composed config before it is
+    resolved (an unresolvable value is quoted as '?': this must not fail before the run is recorded)."""
+    from omegaconf import OmegaConf
+
+    settings = {}
+    for key in ("batch_size", "image_size", "num_workers"):
+        try:
+            settings[key] = OmegaConf.select(cfg, f"data.{key}", default="?")
+        except Exception:  # noqa: BLE001 - an unresolvable value just is not quoted
+            settings[key] = "?"
+    return {"data": settings}

@@ -32,12 +32,13 @@ class TaskModule(pl.LightningModule):
 
     def __init__(self, model: dict[str, Any], optimizer: dict[str, Any], scheduler: dict[str, Any] | None = None,
                  class_names: list[str] | None = None, freeze_backbone_epochs: int = 0,
-                 backbone_lr_scale: float = 1.0, non_finite_loss: str = "fail"):
+                 backbone_lr_scale: float = 1.0, non_finite_loss: str = "fail", class_counts: list[int] | None = None):
         super().__init__()
         if non_finite_loss not in NON_FINITE_POLICIES:
             raise AistudioError(f"task.module.non_finite_loss={non_finite_loss!r}: use one of {', '.join(NON_FINITE_POLICIES)}")
         self.save_hyperparameters()
         self.class_names = list(class_names or [])
+        self.class_counts = list(class_counts) if class_counts else None  # train split, per class
         self.model = instantiate(model)
         self._backbone_frozen = False
         self._skipped_in_a_row = 0

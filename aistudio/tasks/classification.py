@@ -13,8 +13,10 @@ from torchmetrics.classification import (
     MulticlassRecall,
 )
 
-from aistudio.models.classification import head_modules
+from aistudio.models.surgery import head_modules
 from aistudio.tasks.base import MetricCollectionTask
+from aistudio.tasks.class_weights import ClassWeights
+from aistudio.tasks.class_weights import class_weights as class_weights_for
 
 
 class ClassificationModule(MetricCollectionTask):
@@ -22,12 +24,13 @@ class ClassificationModule(MetricCollectionTask):
 
     def __init__(self, model: dict[str, Any], optimizer: dict[str, Any], scheduler: dict[str, Any] | None = None,
                  class_names: list[str] | None = None, label_smoothing: float = 0.0,
-                 class_weights: list[float] | None = None, freeze_backbone_epochs: int = 0,
-                 backbone_lr_scale: float = 1.0, non_finite_loss: str = "fail"):
+                 class_weights: ClassWeights = None, freeze_backbone_epochs: int = 0,
+                 backbone_lr_scale: float = 1.0, non_finite_loss: str = "fail", class_counts: list[int] | None = None):
         super().__init__(model, optimizer, scheduler, class_names, freeze_backbone_epochs, backbone_lr_scale,
-                         non_finite_loss)
+                         non_finite_loss, class_counts)
         num_classes = int(model["num_classes"])
-        weight = torch.tensor(class_weights, dtype=torch.float32) if class_weights else None
+        weights = class_weights_for(class_weights, class_counts, num_classes)  # counts: images per class
+        weight = torch.tensor(weights, dtype=torch.float32) if weights else None
         self.criterion = torch.nn.CrossEntropyLoss(weight=weight, label_smoothing=float(label_smoothing))
         # labels were validated when the dataset loaded; torchmetrics' per-batch argument checks would
         # add a GPU sync to every step

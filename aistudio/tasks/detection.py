@@ -37,9 +37,9 @@ class DetectionModule(TaskModule):
     def __init__(self, model: dict[str, Any], optimizer: dict[str, Any], scheduler: dict[str, Any] | None = None,
                  class_names: list[str] | None = None, freeze_backbone_epochs: int = 0,
                  backbone_lr_scale: float = 1.0, iou_types: list[str] | tuple[str, ...] = ("bbox",),
-                 mask_threshold: float = 0.5, non_finite_loss: str = "fail"):
+                 mask_threshold: float = 0.5, non_finite_loss: str = "fail", class_counts: list[int] | None = None):
         super().__init__(model, optimizer, scheduler, class_names, freeze_backbone_epochs, backbone_lr_scale,
-                         non_finite_loss)
+                         non_finite_loss, class_counts)
         self.iou_types = tuple(iou_types)
         self.mask_threshold = mask_threshold
         self.val_map, self.val_map50 = self._map(), self._map(iou_thresholds=[0.5])

@@ -11,6 +11,8 @@ from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score, M
 
 from aistudio import AistudioError
 from aistudio.tasks.base import MetricCollectionTask
+from aistudio.tasks.class_weights import ClassWeights
+from aistudio.tasks.class_weights import class_weights as class_weights_for
 
 HEADS = ("classifier", "aux_classifier")  # torchvision's segmentation heads; the rest is the backbone
 
@@ -37,16 +39,15 @@ class SemanticSegmentationModule(MetricCollectionTask):
 
     def __init__(self, model: dict[str, Any], optimizer: dict[str, Any], scheduler: dict[str, Any] | None = None,
                  class_names: list[str] | None = None, ignore_index: int = 255, dice_weight: float = 0.0,
-                 aux_weight: float = 0.5, label_smoothing: float = 0.0, class_weights: list[float] | None = None,
-                 freeze_backbone_epochs: int = 0, backbone_lr_scale: float = 1.0, non_finite_loss: str = "fail"):
+                 aux_weight: float = 0.5, label_smoothing: float = 0.0, class_weights: ClassWeights = None,
+                 freeze_backbone_epochs: int = 0, backbone_lr_scale: float = 1.0, non_finite_loss: str = "fail",
+                 class_counts: list[int] | None = None):
         super().__init__(model, optimizer, scheduler, class_names, freeze_backbone_epochs, backbone_lr_scale,
-                         non_finite_loss)
+                         non_finite_loss, class_counts)
         num_classes = int(model["num_classes"])
-        if class_weights is not None and not any(class_weights):
-            # the runner's `balanced` counts image labels, which mask projects do not have
-            raise AistudioError("task.module.class_weights: every weight is 0 — for semantic segmentation give "
-                                f"one weight per pixel class ({num_classes} values), not 'balanced'")
-        weight = torch.tensor(class_weights, dtype=torch.float32) if class_weights else None
+        # the project's counts are per image label, which mask projects do not have: no `balanced` here
+        weights = class_weights_for(class_weights, None, num_classes)
+        weight = torch.tensor(weights, dtype=torch.float32) if weights else None
         self.ignore_index = int(ignore_index)
         self.dice_weight = float(dice_weight)
         self.aux_weight = float(aux_weight)
