@@ -7,10 +7,10 @@ import pytest
 import torch
 
 from aistudio import AistudioError, user_error
-from aistudio.cli.train import _class_weights
 from aistudio.data.classification import ClassificationDataset
 from aistudio.data.datamodule import ProjectDataModule
-from aistudio.models.classification import build_classifier, head_modules
+from aistudio.models.classification import build_classifier
+from aistudio.models.surgery import head_modules
 from aistudio.tasks.classification import ClassificationModule
 
 MODEL = {"_target_": "aistudio.models.classification.build_classifier", "name": "resnet18", "num_classes": 3}
@@ -37,6 +37,14 @@ def trainer(epochs: int, callbacks=()) -> pl.Trainer:
 def test_head_is_found_for_every_family(name, head):
     kwargs = {"image_size": 32} if name == "vit_b_16" else {}
     assert head_modules(build_classifier(name, 7, **kwargs), 7) == head
+
+
+@pytest.mark.parametrize(("name", "classes", "head"), [("efficientnet_b0", 10, ["classifier.1"]),
+                                                       ("mobilenet_v3_small", 8, ["classifier.3"])])
+def test_squeeze_excitation_gates_with_as_many_channels_as_classes_are_not_the_head(name, classes, head):
+    """efficientnet_b0's SE blocks have 10-channel 1x1 convs: with 10 classes they looked like heads (and
+    stayed trainable while the backbone was frozen)."""
+    assert head_modules(build_classifier(name, classes), classes) == head
 
 
 def test_frozen_backbone_trains_only_the_head_then_unfreezes(color_project):
@@ -83,11 +91,18 @@ def test_cosine_schedule_is_stepped_per_batch(color_project):
     assert len(seen) == 6 and seen[0] < seen[2] and seen[3] == pytest.approx(0.05) and seen[-1] < 0.05
 
 
-def test_class_weights():
-    assert _class_weights("balanced", [10, 30]) == pytest.approx([2.0, 2 / 3])
-    assert _class_weights(None, [1, 2]) is None and _class_weights([1, 2], [5, 5]) == [1.0, 2.0]
+def test_class_weights_are_derived_by_the_task_from_the_train_counts():
+    from aistudio.tasks.class_weights import class_weights
+
+    assert class_weights("balanced", [10, 30], 2) == pytest.approx([2.0, 2 / 3])
+    assert class_weights(None, [1, 2], 2) is None and class_weights([1, 2], [5, 5], 2) == [1.0, 2.0]
     with pytest.raises(AistudioError, match="2 values for 3 classes"):
-        _class_weights([1, 2], [1, 1, 1])
+        class_weights([1, 2], [1, 1, 1], 3)
+    balanced = ClassificationModule(MODEL, SGD, class_weights="balanced", class_counts=[10, 30, 20])
+    assert balanced.criterion.weight.tolist() == pytest.approx([2.0, 2 / 3, 1.0])
+    assert balanced.hparams.class_counts == [10, 30, 20]  # saved: the checkpoint rebuilds the same loss
+    with pytest.raises(AistudioError, match="needs per-class counts"):
+        ClassificationModule(MODEL, SGD, class_weights="balanced")
     module = ClassificationModule(MODEL, SGD, class_weights=[1.0, 2.0, 3.0], label_smoothing=0.1)
     assert module.criterion.weight.tolist() == [1.0, 2.0, 3.0] and module.criterion.label_smoothing == 0.1
 

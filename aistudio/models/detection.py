@@ -7,49 +7,24 @@ here it is always passed explicitly (null unless asked for), so nothing is fetch
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Sequence
 from typing import Any
 
 from aistudio import AistudioError
-from aistudio.models.names import check_name_and_classes
+from aistudio.models.names import check_name_and_classes, torchvision_models
 from aistudio.models.weights import (
+    backbone_weights,
     is_weights_file,
     load_state_dict_into,
     load_weights_file,
     resolve_torchvision_weights,
 )
 
-
-def available_detectors() -> list[str]:
-    import torchvision.models as models
-
-    return models.list_models(module=models.detection)
-
-
-# what config checks (aistudio.training.config_checks) validate model.name against, before anything is built
-available_models = available_detectors
 MODEL_KIND = "detection"
 
 
-def _backbone_weights(name: str, weights_backbone: str) -> Any:
-    """``DEFAULT`` / ``IMAGENET1K_V1`` (of the builder's own backbone family) or a full enum name."""
-    import torchvision.models as models
-
-    if "." in weights_backbone:
-        family = weights_backbone.split(".")[0]
-    else:
-        default = inspect.signature(models.get_model_builder(name)).parameters["weights_backbone"].default
-        if default is None:
-            raise AistudioError(f"model.weights_backbone={weights_backbone!r}: {name} names no backbone weights "
-                                "family; give the full name, e.g. ResNet50_Weights.IMAGENET1K_V2")
-        family = type(default).__name__
-    backbone = {"MobileNet_V3_Large_Weights": "mobilenet_v3_large", "ResNet50_Weights": "resnet50",
-                "VGG16_Weights": "vgg16"}.get(family)
-    if backbone is None:
-        raise AistudioError(f"model.weights_backbone={weights_backbone!r}: unknown backbone weights family {family}")
-    short = weights_backbone.split(".")[-1]
-    return resolve_torchvision_weights(backbone, short)
+def available_models() -> list[str]:
+    return torchvision_models(MODEL_KIND)
 
 
 def set_rpn_anchors(model: Any, name: str, sizes: Sequence[Any], aspect_ratios: Sequence[float]) -> None:
@@ -85,21 +60,24 @@ def build_detector(name: str, num_classes: int | None, weights: str | None = Non
     """Build ``name`` with ``num_classes`` object classes (+ background).
 
     ``weights``: null, a torchvision name (COCO weights from the local hub cache; heads that do not fit
-    the class count are re-initialised) or a local file. ``min_size``/``max_size``: the model's internal
-    resize (torchvision's 800/1333 default makes small images 5-10x slower). ``anchor_sizes`` (pixels
+    the class count are re-initialised) or a local file. ``weights_backbone``: null, ``DEFAULT`` /
+    ``IMAGENET1K_V1`` of the builder's own backbone family, or a full name such as
+    ``ResNet50_Weights.IMAGENET1K_V2`` (see :func:`aistudio.models.weights.backbone_weights`).
+    ``min_size``/``max_size``: the model's internal resize (torchvision's 800/1333 default makes
+    small images 5-10x slower). ``anchor_sizes`` (pixels
     after that resize) replaces the RPN anchors of Faster/Mask R-CNN; other keyword arguments go to
     the torchvision builder (e.g. ``box_batch_size_per_image``, ``rpn_post_nms_top_n_train``).
     """
     import torchvision.models as models
 
-    num_classes = check_name_and_classes(name, available_detectors(), "detection", num_classes)
+    num_classes = check_name_and_classes(name, available_models(), "detection", num_classes)
     if in_channels != 3:
         raise AistudioError("detection models take RGB input: set data.channels=3")
     if min_size is not None:
         kwargs["min_size"] = int(min_size)
     if max_size is not None:
         kwargs["max_size"] = int(max_size)
-    backbone = _backbone_weights(name, str(weights_backbone)) if weights_backbone else None
+    backbone = backbone_weights(name, str(weights_backbone)) if weights_backbone else None
     model = models.get_model(name, weights=None, weights_backbone=backbone, num_classes=num_classes + 1,
                              **kwargs)
     if anchor_sizes:

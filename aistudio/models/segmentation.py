@@ -9,21 +9,21 @@ from __future__ import annotations
 from typing import Any
 
 from aistudio import AistudioError
-from aistudio.models.classification import adapt_input_channels, replace_heads
-from aistudio.models.names import check_name_and_classes
+from aistudio.models.names import check_name_and_classes, torchvision_models
 from aistudio.models.norm import set_bn_momentum
-from aistudio.models.weights import is_weights_file, load_weights_file, resolve_torchvision_weights
+from aistudio.models.surgery import adapt_input_channels, replace_heads
+from aistudio.models.weights import (
+    backbone_weights,
+    is_weights_file,
+    load_weights_file,
+    resolve_torchvision_weights,
+)
 
-
-def available_segmenters() -> list[str]:
-    import torchvision.models as models
-
-    return models.list_models(module=models.segmentation)
-
-
-# what config checks (aistudio.training.config_checks) validate model.name against, before anything is built
-available_models = available_segmenters
 MODEL_KIND = "segmentation"
+
+
+def available_models() -> list[str]:
+    return torchvision_models(MODEL_KIND)
 
 
 def build_segmenter(name: str, num_classes: int | None, weights: str | None = None,
@@ -33,13 +33,15 @@ def build_segmenter(name: str, num_classes: int | None, weights: str | None = No
 
     ``weights``: null, a torchvision name (the whole model, from the local hub cache; heads that do
     not fit ``num_classes`` are re-initialised) or a local file. ``weights_backbone``: null, a
-    torchvision name for the backbone (e.g. ``IMAGENET1K_V1``) or a local file for ``model.backbone``.
+    torchvision name for the backbone (``IMAGENET1K_V1`` of the builder's own backbone family, or a
+    full name such as ``ResNet50_Weights.IMAGENET1K_V2``; see :func:`aistudio.models.weights.backbone_weights`)
+    or a local file for ``model.backbone``.
     ``aux_loss``: add the auxiliary head (deeplabv3/fcn; null = torchvision's default).
     ``bn_momentum``: BatchNorm running-statistics momentum (see :func:`aistudio.models.norm.set_bn_momentum`).
     """
     import torchvision.models as models
 
-    num_classes = check_name_and_classes(name, available_segmenters(), "segmentation", num_classes)
+    num_classes = check_name_and_classes(name, available_models(), "segmentation", num_classes)
     if aux_loss is not None:
         kwargs["aux_loss"] = bool(aux_loss)
     pretrained = bool(weights) and not is_weights_file(weights)
@@ -53,7 +55,7 @@ def build_segmenter(name: str, num_classes: int | None, weights: str | None = No
             if aux_loss is False and hasattr(model, "aux_classifier"):
                 model.aux_classifier = None
         else:
-            backbone = None if backbone_file or not weights_backbone else _backbone_weights(name, str(weights_backbone))
+            backbone = None if backbone_file or not weights_backbone else backbone_weights(name, str(weights_backbone))
             model = models.get_model(name, weights=None, weights_backbone=backbone, num_classes=num_classes, **kwargs)
     except NotImplementedError as err:  # lraspp: "This model does not use auxiliary loss"
         raise AistudioError(f"model.aux_loss=true: {name} has no auxiliary head ({err}) — set model.aux_loss=null") from err
@@ -64,12 +66,3 @@ def build_segmenter(name: str, num_classes: int | None, weights: str | None = No
     if in_channels != 3:
         adapt_input_channels(model, in_channels)
     return set_bn_momentum(model, bn_momentum)
-
-
-def _backbone_weights(name: str, weights_backbone: str) -> Any:
-    """Backbone weights of the model's own family (deeplabv3_resnet50 -> resnet50), from the hub cache."""
-    backbone = name.split("_", 1)[1]
-    try:
-        return resolve_torchvision_weights(backbone, weights_backbone.split(".")[-1])
-    except AistudioError as err:  # the shared message speaks of model.weights
-        raise AistudioError(str(err).replace("model.weights=", "model.weights_backbone=")) from None

@@ -1,11 +1,14 @@
 """Weights policy shared by every builder: null (random init), a torchvision weights name, or a file.
 
 Nothing may be downloaded at run time: a torchvision weights name must already be in torch's hub
-cache, otherwise the builder stops with the file name and where to put it.
+cache, otherwise the builder stops with the file name and where to put it. Detectors' and
+segmenters' ``weights_backbone`` names resolve the same way, through :func:`backbone_weights`.
 """
 
 from __future__ import annotations
 
+import functools
+import inspect
 import logging
 from pathlib import Path
 from typing import Any
@@ -38,6 +41,45 @@ def resolve_torchvision_weights(model_name: str, weights: str) -> Any:
             f"{cached.parent} and cannot be downloaded here (no internet). Copy the file there, pass a "
             "local file as model.weights=/path/to/weights.pth, or train from scratch with model.weights=null")
     return enum
+
+
+def backbone_weights(model_name: str, weights_backbone: str) -> Any:
+    """A detector's or segmenter's ``weights_backbone`` -> its backbone's Weights enum, cached locally.
+
+    ``DEFAULT`` / ``IMAGENET1K_V1`` name weights of the builder's own backbone family (the default
+    of its ``weights_backbone`` argument: ResNet50_Weights for fasterrcnn_resnet50_fpn and
+    deeplabv3_resnet50); a full enum name (``ResNet50_Weights.IMAGENET1K_V2``) names its family itself.
+    The classification model of that family (resnet50) then resolves it like ``model.weights``.
+    """
+    import torchvision.models as models
+
+    default = inspect.signature(models.get_model_builder(model_name)).parameters["weights_backbone"].default
+    own = None if default is None else type(default).__name__
+    if "." in weights_backbone:
+        family = weights_backbone.split(".")[0]
+        if own is not None and family != own:
+            raise AistudioError(f"model.weights_backbone={weights_backbone!r}: {model_name} takes {own} "
+                                f"backbone weights, e.g. {own}.{default.name}")
+    elif own is None:
+        raise AistudioError(f"model.weights_backbone={weights_backbone!r}: {model_name} names no backbone weights "
+                            "family; give the full name, e.g. ResNet50_Weights.IMAGENET1K_V2")
+    else:
+        family = own
+    backbone = _classifier_of_weights_family().get(family)
+    if backbone is None:
+        raise AistudioError(f"model.weights_backbone={weights_backbone!r}: unknown backbone weights family {family}")
+    try:
+        return resolve_torchvision_weights(backbone, weights_backbone.split(".")[-1])
+    except AistudioError as err:  # the shared message speaks of model.weights
+        raise AistudioError(str(err).replace("model.weights=", "model.weights_backbone=")) from None
+
+
+@functools.cache
+def _classifier_of_weights_family() -> dict[str, str]:
+    """``{"ResNet50_Weights": "resnet50", ...}``: every torchvision classifier by its weights enum class."""
+    import torchvision.models as models
+
+    return {models.get_model_weights(name).__name__: name for name in models.list_models(module=models)}
 
 
 def load_weights_file(model: Any, path: str | Path) -> None:
