@@ -7,9 +7,12 @@ from collections import Counter
 
 import pytest
 
+from aistudio import AistudioError
+from aistudio.data import project as project_module
+from aistudio.data.annotation_parsers import AnnotationParser, ClassLabels, ObjectAnnotations, SemanticMasks
 from aistudio.data.builtin import digits_project
 from aistudio.data.importers import import_image_folder
-from aistudio.data.project import DatasetError, load_project
+from aistudio.data.project import DatasetError, load_project, project_from_config
 from aistudio.data.splits import stratified_holdout, stratified_kfold
 from tests.helpers import edit_dataset, make_color_project
 
@@ -192,3 +195,75 @@ def test_truncated_jpeg_fails_full_check_and_training_decode_alike(color_project
     assert len(problems) == 1 and "red_00.jpg" in problems[0] and "truncated" in problems[0], problems
     with pytest.raises(ImageReadError, match=r"red_00.jpg: cannot decode this image \(truncated"):
         read_image(jpeg)
+
+
+class CaptionedLabels(AnnotationParser):
+    """A task of our own: the class is under ``key`` and each image's caption is kept for its dataset."""
+
+    def __init__(self, key: str = "category"):
+        self.key = key
+
+    def parse(self, where, entry, classes, fail):
+        name = entry.get(self.key)
+        if name not in classes:
+            fail(f"{where}: {self.key} {name!r} is not a class")
+            return None
+        return {"label": classes.index(name), "extra": {"caption": entry.get("caption", "")}}
+
+
+def _captioned(color_project):
+    def rename(data):
+        for image in data["images"]:
+            image["category"] = image.pop("label")
+            image["caption"] = f"mostly {image['category']}"
+    edit_dataset(color_project, rename)
+
+
+def test_a_tasks_annotation_parser_comes_from_its_config(color_project, tmp_path, monkeypatch):
+    """A task = its config naming its parser: by object, through a data config, and as a new conf/task file."""
+    _captioned(color_project)
+    with pytest.raises(DatasetError, match="'label' is missing"):
+        load_project(color_project)  # classification's parser reads 'label'
+    project = load_project(color_project, task=CaptionedLabels())
+    assert project.class_counts("train") == [8, 8, 8] and project.images[0].extra == {"caption": "mostly red"}
+
+    node = {"_target_": f"{__name__}.CaptionedLabels", "key": "category"}
+    project = project_from_config({"project": str(color_project), "task": "classification", "annotations": node})
+    assert project.images[-1].extra["caption"] == "mostly blue"  # data.annotations wins over data.task
+    edit_dataset(color_project, lambda d: d["images"][4].update(category="purple"))
+    with pytest.raises(DatasetError) as info:
+        project_from_config({"project": str(color_project), "annotations": node})
+    assert info.value.problems == ["images[4] (img/red_04.png): category 'purple' is not a class"]
+
+    # a new task is a file in conf/task/ naming its parser; load_project(task=<name>) reads it from there
+    tasks = tmp_path / "task"
+    tasks.mkdir()
+    (tasks / "captioning.yaml").write_text(f"name: captioning\nannotations:\n  _target_: {__name__}.CaptionedLabels\n")
+    monkeypatch.setattr(project_module, "TASK_CONFIGS", tasks)
+    project_module._task_parser.cache_clear()
+    try:
+        assert project_module.known_tasks() == ["captioning"]
+        with pytest.raises(DatasetError, match="category 'purple' is not a class"):
+            load_project(color_project, task="captioning")
+    finally:
+        project_module._task_parser.cache_clear()
+
+
+def test_the_shipped_task_configs_name_their_parsers(compose_cfg):
+    from hydra.utils import instantiate
+
+    assert project_module.known_tasks() == ["classification", "detection", "instance_segmentation",
+                                            "semantic_segmentation"]
+    parsers = {name: project_module.annotation_parser(name) for name in project_module.known_tasks()}
+    assert [type(p) for p in parsers.values()] == [ClassLabels, ObjectAnnotations, ObjectAnnotations, SemanticMasks]
+    assert not parsers["detection"].masks and parsers["instance_segmentation"].masks
+    cfg = compose_cfg("task=instance_segmentation")
+    assert cfg.data.annotations == cfg.task.annotations  # the data config passes the task's parser on
+    assert vars(instantiate(cfg.data.annotations)) == {"masks": True}
+
+
+def test_an_unknown_task_names_the_known_ones(color_project):
+    with pytest.raises(AistudioError) as info:
+        load_project(color_project, task="keypoints")
+    assert str(info.value) == ("task 'keypoints' is not one of classification, detection, "
+                               "instance_segmentation, semantic_segmentation")

@@ -84,6 +84,8 @@ def _validate(args: argparse.Namespace) -> int | None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from aistudio.data.project import known_tasks  # the task configs in conf/task/
+
     parser = argparse.ArgumentParser(prog="aistudio", description=(__doc__ or "").replace("``", "'"))
     commands = parser.add_subparsers(dest="command", required=True)
 
@@ -126,8 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     validate = commands.add_parser("validate", help="check a dataset.json project and report every problem")
     validate.add_argument("project", help="project folder (or its dataset.json)")
-    validate.add_argument("--task", default=None, choices=["classification", "detection", "instance_segmentation",
-                                                          "semantic_segmentation"],
+    validate.add_argument("--task", default=None, choices=known_tasks() or None,
                           help="default: inferred from the annotations")
     validate.add_argument("--split-index", type=int, default=0)
     validate.add_argument("--check-images", default="header", choices=["header", "full", "none"])

@@ -12,6 +12,7 @@ import lightning.pytorch as pl
 from torch.utils.data import DataLoader
 
 from aistudio import AistudioError
+from aistudio.data.annotation_parsers import AnnotationParser
 from aistudio.data.project import Project, load_and_report
 from aistudio.data.sampling import EpochShuffleSampler
 from aistudio.runs.stop import ignore_stop_signals, reap_workers_at_exit
@@ -43,12 +44,14 @@ class ProjectDataModule(pl.LightningDataModule):
     """Loads and validates the project once, then serves train/val/test loaders for ``split_index``.
 
     ``dataset`` builds the task dataset (``records, transform, channels, project=``) and ``collate_fn`` batches
-    it; both come from the task config so detection/segmentation reuse this class unchanged.
+    it; ``annotations`` reads and checks dataset.json's entries (without it: ``task``'s parser). All three come
+    from the task config so detection/segmentation reuse this class unchanged.
     ``image_size``, ``mean`` and ``std`` are recorded for the augmentation pipelines and for export.
     """
 
     def __init__(self, project: str | os.PathLike, dataset: Callable[..., Any], task: str = "classification",
-                 split_index: int = 0, batch_size: int = 32, eval_batch_size: int | None = None,
+                 annotations: AnnotationParser | None = None, split_index: int = 0, batch_size: int = 32,
+                 eval_batch_size: int | None = None,
                  num_workers: int | str = "auto", channels: int = 3, image_size: int | list[int] = 224,
                  mean: list[float] | None = None, std: list[float] | None = None,
                  train_transform: Callable[..., Any] | None = None,
@@ -63,6 +66,7 @@ class ProjectDataModule(pl.LightningDataModule):
         self._project: Project | None = None
         self.dataset_factory = dataset
         self.task = task
+        self.annotations = annotations
         self.split_index = int(split_index)
         self.batch_size = int(batch_size)
         self.eval_batch_size = int(eval_batch_size or batch_size)
@@ -84,7 +88,8 @@ class ProjectDataModule(pl.LightningDataModule):
     def project(self) -> Project:
         """Validated once, before any model is built (all problems raised together)."""
         if self._project is None:
-            self._project = load_and_report(self.project_path, task=self.task, split_index=self.split_index,
+            self._project = load_and_report(self.project_path, task=self.annotations or self.task,
+                                            split_index=self.split_index,
                                             check_images=self.check_images)
         return self._project
 

@@ -12,12 +12,12 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
 
 from aistudio.data.annotations import ObjectRecord
-from aistudio.data.images import as_tensor, read_image
+from aistudio.data.images import as_tensor
 from aistudio.data.project import ImageRecord, Project
-from aistudio.data.sampling import seed_transform, split_key
+from aistudio.data.record_dataset import RecordDataset
+from aistudio.data.sampling import seed_transform
 
 
 def decode_segmentation(segmentation: Any, height: int, width: int) -> np.ndarray:
@@ -40,7 +40,7 @@ def collate_detection(batch: Sequence[tuple[torch.Tensor, dict[str, torch.Tensor
     return list(images), list(targets)
 
 
-class DetectionDataset(Dataset):
+class DetectionDataset(RecordDataset):
     """Images + boxes (+ instance masks with ``masks=True``) through an albumentations pipeline.
 
     The pipeline is called with ``bboxes`` (COCO xywh), ``labels`` and ``ids`` (to keep masks paired
@@ -50,21 +50,14 @@ class DetectionDataset(Dataset):
 
     def __init__(self, records: Sequence[ImageRecord], transform: Callable[..., Any] | None = None,
                  channels: int = 3, project: Project | None = None, masks: bool = False):
-        self.records = list(records)
-        self.transform = transform
-        self.channels = channels
+        super().__init__(records, transform, channels)
         self.masks = masks
-
-    def __len__(self) -> int:
-        return len(self.records)
 
     def _objects(self, record: ImageRecord) -> list[ObjectRecord]:
         return [o for o in record.objects if not o.iscrowd]
 
     def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        index, seed = split_key(key)
-        record = self.records[index]
-        image = read_image(record.file, self.channels)
+        record, image, seed = self.load(key)
         height, width = image.shape[:2]
         objects = self._objects(record)
         boxes = [list(o.bbox) for o in objects]

@@ -22,6 +22,12 @@ A project is a folder holding ``dataset.json``::
 
 ``data.split_index`` picks the split column. Every problem found is collected and raised together
 as one :class:`DatasetError`, so a user fixes the file once instead of once per crash.
+
+This module checks what every project shares (classes, files, splits, image sizes). How an entry's
+annotations are read and checked (``label``, ``objects``, ``mask`` and the mask keys) is the task's
+annotation parser (:mod:`aistudio.data.annotation_parsers`), named by the task config under
+``annotations`` (``conf/task/<name>.yaml``); :func:`load_project` takes a task name (its config's
+parser) or a parser. The known tasks are the files in ``conf/task/``.
 """
 
 from __future__ import annotations
@@ -30,17 +36,22 @@ import json
 import logging
 import os
 from collections import Counter
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
+from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from aistudio import AistudioError, user_path
-from aistudio.data.annotations import ObjectRecord, fit_to_image, parse_objects
+from aistudio import AistudioError, exception_chain, user_error, user_path
+from aistudio.data.annotations import ObjectRecord
+
+if TYPE_CHECKING:
+    from aistudio.data.annotation_parsers import AnnotationParser
 
 DATASET_FILE = "dataset.json"
 SPLITS = ("train", "val", "test")
-TASKS = ("classification", "detection", "instance_segmentation", "semantic_segmentation")
+TASK_CONFIGS = Path(__file__).resolve().parents[2] / "conf" / "task"  # one file per task: its parser too
 _EXAMPLES_PER_KIND = 5
 log = logging.getLogger("aistudio.data.datamodule")  # the run log's name for dataset lines
 
@@ -82,6 +93,7 @@ class ImageRecord:
     entry: str = ""  # the 'file' value as written in dataset.json, for messages
     objects: tuple[ObjectRecord, ...] = ()
     mask: Path | None = None
+    extra: dict[str, Any] = field(default_factory=dict, compare=False)  # a task's own annotations
 
 
 @dataclass
@@ -109,7 +121,7 @@ class Project:
         return [counts.get(i, 0) for i in range(self.num_classes)]
 
 
-def load_and_report(path: str | Path, *, task: str = "classification", split_index: int = 0,
+def load_and_report(path: str | Path, *, task: str | AnnotationParser = "classification", split_index: int = 0,
                     check_images: str = "header") -> Project:
     """:func:`load_project`, then log what was repaired and the split sizes (what a run's log shows)."""
     project = load_project(path, task=task, split_index=split_index, check_images=check_images)
@@ -127,7 +139,8 @@ def load_and_report(path: str | Path, *, task: str = "classification", split_ind
 def project_from_config(data: dict[str, Any]) -> Project:
     """The validated project of a resolved ``data`` config (a built-in generator is materialised first).
 
-    Needs no torch or Lightning, so a broken dataset.json is reported before any heavy import."""
+    Needs no torch or Lightning, so a broken dataset.json is reported before any heavy import. The
+    annotations are read by ``data.annotations`` (the task config's parser), else by ``data.task``'s."""
     source = data.get("project")
     if isinstance(source, dict) and "_target_" in source:
         from hydra.utils import instantiate
@@ -136,9 +149,57 @@ def project_from_config(data: dict[str, Any]) -> Project:
     if source is None or str(source) in ("", "???"):
         raise AistudioError("data.project is not set — pass the folder holding dataset.json: data.project=/path")
     source = user_path(source)
-    return load_and_report(source, task=data.get("task") or "classification",
+    annotations = data.get("annotations")
+    if isinstance(annotations, Mapping):  # the task's `annotations` node, not yet instantiated
+        annotations = _instantiate_parser(annotations, "data.annotations")
+    return load_and_report(source, task=annotations or data.get("task") or "classification",
                            split_index=int(data.get("split_index") or 0),
                            check_images=data.get("check_images") or "header")
+
+
+def known_tasks() -> list[str]:
+    """The task names: one config file each in ``conf/task/``."""
+    return sorted(path.stem for path in TASK_CONFIGS.glob("*.yaml"))
+
+
+def annotation_parser(task: str | AnnotationParser) -> AnnotationParser:
+    """The parser a task's config names under ``annotations`` (a parser is returned as it is)."""
+    if isinstance(task, str):
+        return _task_parser(task)
+    if callable(getattr(task, "parse", None)):
+        return task
+    raise AistudioError(f"task {task!r} is not one of {', '.join(known_tasks())} (nor an annotation parser)")
+
+
+@cache
+def _task_parser(task: str) -> AnnotationParser:
+    from omegaconf import OmegaConf
+
+    known = known_tasks()
+    if task not in known:
+        raise AistudioError(f"task {task!r} is not one of {', '.join(known)}" if known else
+                            f"task {task!r}: no task configs found in {TASK_CONFIGS}")
+    path = TASK_CONFIGS / f"{task}.yaml"
+    node = OmegaConf.load(path).get("annotations")
+    node = OmegaConf.to_container(node) if OmegaConf.is_config(node) else node
+    if not isinstance(node, dict) or "_target_" not in node:
+        raise AistudioError(f"{path}: no 'annotations' node with a _target_ — name the task's annotation "
+                            "parser there (see aistudio/data/annotation_parsers.py)")
+    return _instantiate_parser(node, f"task {task} annotations")
+
+
+def _instantiate_parser(node: Mapping[str, Any], key: str) -> AnnotationParser:
+    from hydra.utils import instantiate
+
+    try:
+        return instantiate(node)
+    except Exception as err:  # noqa: BLE001 - Hydra wraps import and argument errors alike
+        if user_error(err):
+            raise user_error(err) from None
+        cause = exception_chain(err)[-1]  # Hydra's wrapper says "Error in call to target": the cause says why
+        raise AistudioError(f"{key}: cannot build the annotation parser {node.get('_target_')!r} "
+                            f"({type(cause).__name__}: {str(cause).strip().splitlines()[0]}) — check its "
+                            "_target_ and arguments in conf/task/") from None
 
 
 def infer_task(path: str | Path) -> str:
@@ -166,9 +227,11 @@ def dataset_file(path: str | Path) -> Path:
     return path if path.suffix == ".json" else path / DATASET_FILE
 
 
-def load_project(path: str | Path, *, task: str = "classification", split_index: int = 0,
+def load_project(path: str | Path, *, task: str | AnnotationParser = "classification", split_index: int = 0,
                  check_images: str = "header") -> Project:
     """Load and validate a project; raise :class:`DatasetError` listing every problem.
+
+    ``task``: a task name (the annotation parser its ``conf/task/<name>.yaml`` names) or a parser.
 
     ``check_images``: ``header`` opens each image's header (fast: size and format, catches missing,
     empty and non-image files), ``full`` also decodes every image and mask exactly as training does
@@ -195,20 +258,19 @@ def load_project(path: str | Path, *, task: str = "classification", split_index:
 class _Validator:
     """Collects every problem of one dataset.json instead of stopping at the first."""
 
-    def __init__(self, json_path: Path, raw: Any, task: str, split_index: int, check_images: str):
+    def __init__(self, json_path: Path, raw: Any, task: str | AnnotationParser, split_index: int,
+                 check_images: str):
         if check_images not in ("header", "full", "none"):
             raise AistudioError(f"data.check_images={check_images!r} — use header, full or none")
-        if task not in TASKS:
-            raise AistudioError(f"task {task!r} is not one of {', '.join(TASKS)}")
+        self.parser = annotation_parser(task)
         self.json_path = json_path
         self.root = json_path.parent
         self.raw = raw
-        self.task = task
         self.split_index = split_index
         self.check_images = check_images
         self.problems: list[str] = []
         self.warnings: list[str] = []
-        self.mask_classes: Any = None  # MaskClasses for semantic projects (their pixel-value rule)
+        self.checked: Any = None  # what the parser's project-level check found (semantic: MaskClasses)
 
     def fail(self, message: str) -> None:
         self.problems.append(message)
@@ -226,8 +288,8 @@ class _Validator:
             self.fail("'images' must be a non-empty list of image entries")
             images = []
         records = [r for i, entry in enumerate(images) if (r := self._image(i, entry, classes)) is not None]
-        if self.task == "semantic_segmentation" and classes:
-            self._mask_classes(len(classes), raw)
+        if classes:
+            self.checked = self.parser.check_project(raw, classes, self.json_path, self.fail)
         records = self._check_files(records)
         if records and not self.problems:
             counts = Counter(r.split for r in records)
@@ -240,21 +302,6 @@ class _Validator:
         schemes = raw.get("split_schemes") or []
         return Project(self.root, classes, records, self.split_index, list(schemes), self.warnings,
                        int(raw.get("ignore_index", 255)), raw.get("mask_values"))
-
-    def _mask_classes(self, num_classes: int, raw: dict[str, Any]) -> None:
-        from aistudio.data.masks import MaskClasses
-
-        ignore_index = raw.get("ignore_index", 255)
-        if not isinstance(ignore_index, int) or isinstance(ignore_index, bool):
-            self.fail(f"'ignore_index' must be an integer pixel value (default 255), got {ignore_index!r}")
-            return
-        try:
-            self.mask_classes = MaskClasses(num_classes, raw.get("mask_values"), ignore_index, self.json_path)
-        except DatasetError as err:
-            self.problems.extend(err.problems)
-        except (TypeError, ValueError):
-            self.fail(f"'mask_values' must be a list of integer pixel values, one per class, got "
-                      f"{raw.get('mask_values')!r}")
 
     def _classes(self, classes: Any) -> list[str]:
         if not isinstance(classes, list) or not classes:
@@ -279,19 +326,8 @@ class _Validator:
         ok = True
         split = self._split(where, entry.get("split"))
         ok &= split is not None
-        label, objects, mask = None, None, None
-        if self.task == "classification":
-            label = self._label(where, entry.get("label"), classes)
-            ok &= label is not None
-        elif self.task in ("detection", "instance_segmentation"):
-            objects = parse_objects(where, entry.get("objects"), classes,
-                                    self.task == "instance_segmentation", self.fail)
-            ok &= objects is not None
-        else:
-            mask = entry.get("mask")
-            if not isinstance(mask, str) or not mask:
-                self.fail(f"{where}: 'mask' (the label image path, class index per pixel) is missing")
-                ok = False
+        annotations = self.parser.parse(where, entry, classes, self.fail)
+        ok &= annotations is not None
         width, height = entry.get("width"), entry.get("height")
         for key, value in (("width", width), ("height", height)):
             if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value <= 0):
@@ -299,8 +335,8 @@ class _Validator:
                 ok = False
         if not ok:
             return None
-        return ImageRecord(index, self._path(file), split, label, width, height, entry=file,
-                           objects=tuple(objects or ()), mask=self._path(mask) if mask else None)
+        fields = {k: self._path(str(v)) if isinstance(v, Path) else v for k, v in (annotations or {}).items()}
+        return ImageRecord(index, self._path(file), split, width=width, height=height, entry=file, **fields)
 
     def _path(self, file: str) -> Path:
         return Path(file) if os.path.isabs(file) else self.root / file
@@ -321,24 +357,8 @@ class _Validator:
             return None
         return split[self.split_index]
 
-    def _label(self, where: str, label: Any, classes: list[str]) -> int | None:
-        if label is None:
-            self.fail(f"{where}: 'label' is missing — classification needs one class per image")
-            return None
-        if isinstance(label, int) and not isinstance(label, bool):
-            if 0 <= label < len(classes):
-                return label
-            self.fail(f"{where}: label index {label} is out of range for {len(classes)} classes")
-            return None
-        if str(label) in classes:
-            return classes.index(str(label))
-        preview = ", ".join(classes[:10]) + (", ..." if len(classes) > 10 else "")
-        self.fail(f"{where}: label {label!r} is not one of the {len(classes)} classes ({preview}) — "
-                  "fix the label or add it to 'classes'")
-        return None
-
     def _check_files(self, records: list[ImageRecord]) -> list[ImageRecord]:
-        """Check image (and mask) files in parallel, then fit boxes to the real image size."""
+        """Check image (and annotation) files in parallel, then fit annotations to the real image size."""
         if not records:
             return records
         workers = min(16, (os.cpu_count() or 1) * 4)
@@ -353,15 +373,15 @@ class _Validator:
                 self.fail(f"{where}: {problem}")
                 continue
             size = size or ((record.width, record.height) if record.width and record.height else None)
-            if record.objects and size:
-                record = replace(record, objects=tuple(fit_to_image(where, list(record.objects), size[0], size[1],
-                                                                    self.fail, self.warn)))
+            if size:
+                record = self.parser.fit_to_image(where, record, size[0], size[1], self.fail, self.warn)
             checked.append(record)
         return checked
 
     def _check_file(self, record: ImageRecord) -> tuple[str | None, tuple[int, int] | None, str | None]:
-        """(problem, size, warning) of one entry's files: header size, and with ``full`` the decode and
-        mask-value checks training itself runs (one check, so what validates trains)."""
+        """(problem, size, warning) of one entry's files: header size, and with ``full`` the decode (and the
+        parser's checks of its own files, e.g. mask values) training itself runs (one check, so what
+        validates trains)."""
         if not record.file.is_file():
             return (f"image file not found at {record.file} — fix 'file' (paths are relative to the dataset "
                     "folder) or remove the entry"), None, None
@@ -369,47 +389,26 @@ class _Validator:
             return None, None, None
         full = self.check_images == "full"
         try:
-            size = _image_size(record.file)
+            size = header_size(record.file)
             if full:
-                _decodes(record.file, "image")
-        except _Unreadable as err:
+                decode_fully(record.file, "image")
+        except UnreadableFile as err:
             return f"unreadable image ({err}) — replace the file or remove the entry", None, None
         if (record.width, record.height) != (None, None) and (record.width, record.height) != size:
             return (f"declared size {record.width}x{record.height} but the file is {size[0]}x{size[1]} — "
                     "fix 'width'/'height'"), None, None
-        if record.mask is None:
-            return None, size, None
-        if not record.mask.is_file():
-            return f"mask file not found at {record.mask} — fix 'mask' or remove the entry", None, None
-        try:
-            mask_size = _image_size(record.mask)
-            raw = _decodes(record.mask, "mask") if full else None
-        except _Unreadable as err:
-            return f"unreadable mask {record.mask.name} ({err}) — replace it or remove the entry", None, None
-        if mask_size != size:
-            return (f"mask {record.mask.name} is {mask_size[0]}x{mask_size[1]} but the image is "
-                    f"{size[0]}x{size[1]} — masks must have their image's size"), None, None
-        if raw is None or self.mask_classes is None:
-            return None, size, None
-        try:
-            unlisted = self.mask_classes.unlisted(raw, record.mask)
-        except DatasetError as err:
-            return f"mask {record.mask.name}: {err.problems[0]}", None, None
-        if not unlisted:
-            return None, size, None
-        if self.mask_classes.mask_values is None:
-            return f"mask {record.mask.name}: {self.mask_classes.not_classes(unlisted)}", None, None
-        return None, size, (f"mask {record.mask.name} has pixel value(s) {unlisted[:10]} not in mask_values "
-                            f"{self.mask_classes.mask_values}: training ignores those pixels (ignore_index "
-                            f"{self.mask_classes.ignore_index}) — list them in mask_values if they are classes")
+        problem, warning = self.parser.check_files(record, size, full, self.checked)
+        if problem:
+            return problem, None, None
+        return None, size, warning
 
 
-class _Unreadable(Exception):
-    pass
+class UnreadableFile(Exception):
+    """An image or label file that cannot be read (its message says why)."""
 
 
-def _decodes(path: Path, what: str) -> Any:
-    """Decode exactly as training does (masks: their raw pixel values); raise _Unreadable if it fails."""
+def decode_fully(path: Path, what: str) -> Any:
+    """Decode exactly as training does (masks: their raw pixel values); raise UnreadableFile if it fails."""
     import cv2
 
     from aistudio.data.images import ImageReadError, decode
@@ -421,10 +420,10 @@ def _decodes(path: Path, what: str) -> Any:
             return read_mask(path)
         return decode(path, cv2.IMREAD_UNCHANGED, what)
     except (ImageReadError, DatasetError) as err:
-        raise _Unreadable(str(err).split(": ", 1)[-1].split(" — ", 1)[0]) from None
+        raise UnreadableFile(str(err).split(": ", 1)[-1].split(" — ", 1)[0]) from None
 
 
-def _image_size(path: Path) -> tuple[int, int]:
+def header_size(path: Path) -> tuple[int, int]:
     """(width, height) from the header (fast: catches missing, empty and non-image files)."""
     from PIL import Image, UnidentifiedImageError
 
@@ -432,7 +431,7 @@ def _image_size(path: Path) -> tuple[int, int]:
         with Image.open(path) as image:
             return image.size
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
-        raise _Unreadable(f"{type(err).__name__}: {err}") from None
+        raise UnreadableFile(f"{type(err).__name__}: {err}") from None
 
 
 def write_project(root: str | Path, classes: list[str], images: list[dict[str, Any]],

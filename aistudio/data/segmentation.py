@@ -8,15 +8,15 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
 
-from aistudio.data.images import as_tensor, read_image
+from aistudio.data.images import as_tensor
 from aistudio.data.masks import MaskClasses, read_mask
 from aistudio.data.project import DatasetError, ImageRecord, Project
-from aistudio.data.sampling import seed_transform, split_key
+from aistudio.data.record_dataset import RecordDataset
+from aistudio.data.sampling import seed_transform
 
 
-class SegmentationDataset(Dataset):
+class SegmentationDataset(RecordDataset):
     """(image float tensor CxHxW, mask int64 tensor HxW) pairs.
 
     Mask pixel values become class indices through the project's ``mask_values`` (identity when absent);
@@ -26,23 +26,16 @@ class SegmentationDataset(Dataset):
 
     def __init__(self, records: Sequence[ImageRecord], transform: Callable[..., Any] | None = None,
                  channels: int = 3, project: Project | None = None):
-        self.records = list(records)
-        self.transform = transform
-        self.channels = channels
+        super().__init__(records, transform, channels)
         self.num_classes = project.num_classes if project else None
         self.ignore_index = project.ignore_index if project else 255
         self.mask_classes = MaskClasses(project.num_classes, project.mask_values, self.ignore_index,
                                         project.root) if project else None
 
-    def __len__(self) -> int:
-        return len(self.records)
-
     def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
-        index, seed = split_key(key)
-        record = self.records[index]
+        record, image, seed = self.load(key)
         if record.mask is None:
             raise DatasetError(record.file, ["this entry has no 'mask' — semantic segmentation needs one per image"])
-        image = read_image(record.file, self.channels)
         mask = self.class_mask(read_mask(record.mask), record.mask)
         if self.transform is not None:
             seed_transform(self.transform, seed)
