@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import subprocess
 import sys
 
@@ -32,12 +33,12 @@ def test_every_group_has_its_options():
     assert "digits_resnet18" in options("experiment")
 
 
-@pytest.mark.parametrize("name", [m for m in options("model") if not m.startswith("torchvision")])
+@pytest.mark.parametrize("name", [m for m in options("model") if not m.startswith(("torchvision", "timm"))])
 def test_model_builds_and_runs(compose_cfg, name):
     cfg = compose_cfg(f"model={name}")
     segmentation = cfg.model._target_.endswith("build_segmenter")
     if not (segmentation or cfg.model._target_.endswith("build_classifier")):
-        pytest.skip(f"{cfg.model._target_} models are checked by their task's tests")
+        pytest.skip(f"{cfg.model._target_} models are checked by their task's tests (test_detection.py)")
     model = instantiate(cfg.model, num_classes=4)
     model.eval()
     with torch.no_grad():
@@ -250,7 +251,8 @@ def shipped_choices() -> list[list[str]]:
                                                       "hardware", "logger", "debug", "task")
                for path in sorted((CONF / group).glob("*.yaml")) if path.stem not in ("torchvision",
                                                                                        "torchvision_detection",
-                                                                                       "torchvision_segmentation")]
+                                                                                       "torchvision_segmentation",
+                                                                                       "timm")]
     tasks = {"fasterrcnn": "detection", "retinanet": "detection", "fcos": "detection", "ssdlite": "detection",
              "maskrcnn": "instance_segmentation", "deeplabv3": "semantic_segmentation",
              "lraspp": "semantic_segmentation", "fcn": "semantic_segmentation"}
@@ -259,7 +261,8 @@ def shipped_choices() -> list[list[str]]:
         if family:
             choice.insert(0, f"task={family}")
     return choices + [[f"experiment={path.stem}"] for path in sorted((CONF / "experiment").glob("*.yaml"))] + [
-        ["hparams_search=optuna"], ["hardware.precision=16", "hardware.selected_devices=[0]"]]
+        ["hparams_search=optuna"], ["hardware.precision=16", "hardware.selected_devices=[0]"]] + (
+        [["model=timm", "model.name=resnet10t"]] if importlib.util.find_spec("timm") else [])
 
 
 @pytest.mark.parametrize("overrides", shipped_choices(), ids=lambda o: " ".join(o))

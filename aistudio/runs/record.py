@@ -34,7 +34,7 @@ ACTIVE_STATUSES = ("pending", "running")
 HEARTBEAT_INTERVAL_S = 30.0
 _TRACKED_PACKAGES = (
     "aistudio", "torch", "torchvision", "lightning", "torchmetrics", "hydra-core", "omegaconf",
-    "albumentations", "opencv-python-headless", "numpy",
+    "albumentations", "opencv-python-headless", "numpy", "timm",
 )
 
 
