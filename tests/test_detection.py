@@ -198,3 +198,13 @@ def test_train_py_detection_tasks_end_to_end(tmp_path, task, model, monitor, ima
     assert "test_map" in run["test_metrics"] and (run_dir / "checkpoints" / "best.ckpt").is_file()
     if task == "instance_segmentation":
         assert "train_loss_mask" in metrics[0] and "test_segm_map" in run["test_metrics"]
+
+
+def test_class_counts_of_a_detection_project_count_objects(shapes):
+    """What the build path hands every task as ``class_counts`` (saved in the checkpoint's hyper-parameters)."""
+    project = load_project(shapes, task="detection")
+    expected = [0] * project.num_classes
+    for record in project.split("train"):
+        for obj in record.objects:
+            expected[obj.category] += 1
+    assert project.class_counts("train") == expected and all(expected)

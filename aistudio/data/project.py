@@ -117,7 +117,13 @@ class Project:
         return [record for record in self.images if record.split == name]
 
     def class_counts(self, split: str = "train") -> list[int]:
-        counts = Counter(record.label for record in self.split(split))
+        """Examples per class in ``split``: images by label, plus objects by category (detection);
+        semantic masks are not counted (their pixels would be)."""
+        counts: Counter[int] = Counter()
+        for record in self.split(split):
+            if record.label is not None:
+                counts[record.label] += 1
+            counts.update(o.category for o in record.objects)
         return [counts.get(i, 0) for i in range(self.num_classes)]
 
 
