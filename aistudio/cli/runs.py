@@ -1,4 +1,4 @@
-"""``aistudio runs``: list, show, resume, retry and remove runs under a runs root.
+"""``aistudio runs``: list, show, compare, resume, retry and remove runs under a runs root.
 
 Statuses are shown as readers must see them: a pending/running run whose process is gone (or whose
 heartbeat is overdue) is ``interrupted``. Resume and retry start ``train.py`` again the way the run
@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from aistudio import AistudioError
+from aistudio.overrides import override_key
 from aistudio.run_layout import default_runs_root
 from aistudio.runs.catalog import find_run, load_runs
 from aistudio.runs.record import effective_status, load_run, stale_reason
@@ -105,6 +106,56 @@ def _show(args: argparse.Namespace) -> None:
         print(f"  attempt {past.get('attempt')}: {past.get('status')}" + (f" — {past_error}" if past_error else ""))
 
 
+def _override_values(data: dict[str, Any]) -> dict[str, str]:
+    """run.json's ``overrides`` as key -> value (``~key``, a deletion, reads ``~``)."""
+    return {override_key(o): o.split("=", 1)[1] if "=" in o else "~" for o in data.get("overrides") or []}
+
+
+def compare_runs(runs: list[tuple[Path, dict[str, Any]]]) -> dict[str, Any]:
+    """Side by side: the overrides whose values differ (``-``: not overridden in that run), the best epoch
+    (metric, value, epoch) and the test metrics (the union of names; ``None`` where a run lacks one)."""
+    overrides = [_override_values(data) for _, data in runs]
+    keys = list(dict.fromkeys(k for values in overrides for k in values))
+    differing = {k: [values.get(k, "-") for values in overrides] for k in keys
+                 if len({values.get(k, "-") for values in overrides}) > 1}
+    tests = [data.get("test_metrics") or {} for _, data in runs]
+    return {"runs": [{"id": data.get("id", folder.name), "dir": str(folder), "status": effective_status(data)}
+                     for folder, data in runs],
+            "overrides": differing,
+            "best": {field: [(data.get("best") or {}).get(field) for _, data in runs]
+                     for field in ("metric", "value", "epoch")},
+            "test_metrics": {name: [t.get(name) for t in tests]
+                             for name in sorted(dict.fromkeys(n for t in tests for n in t))}}
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def _compare(args: argparse.Namespace) -> None:
+    if len(args.runs) < 2:
+        raise AistudioError(f"runs compare needs at least 2 runs, got {len(args.runs)} — name them by id, "
+                            "unique id prefix or directory (aistudio runs list shows them)")
+    folders = list(dict.fromkeys(find_run(r, args.root) for r in args.runs))
+    if len(folders) < 2:
+        raise AistudioError(f"runs compare needs 2 different runs: {', '.join(args.runs)} are all {folders[0]}")
+    table = compare_runs([(folder, load_run(folder)) for folder in folders])
+    if args.json:
+        print(json.dumps(table, indent=2))
+        return
+    rows = [["", *(r["id"] for r in table["runs"])], ["status", *(r["status"] for r in table["runs"])]]
+    sections = [("overrides (differing)", table["overrides"]),
+                ("best", table["best"]), ("test", table["test_metrics"])]
+    for title, section in sections:
+        rows.append([title + ("" if section else ": none"), *([""] * len(folders))])
+        rows += [[f"  {name}", *(_cell(v) for v in values)] for name, values in section.items()]
+    widths = [max(len(row[k]) for row in rows) for k in range(len(rows[0]))]
+    for row in rows:
+        print("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip())
+
+
 def _train_command(folder: Path, extra: list[str]) -> tuple[list[str], str]:
     data = load_run(folder)
     argv = data.get("argv") or []
@@ -148,7 +199,7 @@ def _remove(args: argparse.Namespace) -> None:
 
 
 def add_runs_parser(commands: Any) -> None:
-    runs = commands.add_parser("runs", help="list, show, resume, retry and remove training runs")
+    runs = commands.add_parser("runs", help="list, show, compare, resume, retry and remove training runs")
     runs.add_argument("--root", type=Path, default=default_runs_root(),
                       help="runs root (default: $AISTUDIO_RUNS_DIR or ./runs)")
     actions = runs.add_subparsers(dest="action", required=True)
@@ -162,6 +213,11 @@ def add_runs_parser(commands: Any) -> None:
     show.add_argument("run", help="run id (or a unique prefix), run directory or latest")
     show.add_argument("--json", action="store_true")
     show.set_defaults(func=_show)
+    compare = actions.add_parser("compare", help="runs side by side: differing overrides, best epoch, test metrics",
+                                 parents=[root_after])
+    compare.add_argument("runs", nargs="*", help="2 or more run ids (or unique prefixes) or run directories")
+    compare.add_argument("--json", action="store_true")
+    compare.set_defaults(func=_compare)
     resume = actions.add_parser("resume", help="continue an interrupted run from its last.ckpt", parents=[root_after])
     resume.add_argument("run", nargs="?", help="run id or directory (default: the latest interrupted run)")
     resume.add_argument("overrides", nargs="*", help="extra overrides, e.g. trainer.max_epochs=30")

@@ -3,9 +3,11 @@
 It works with any sweeper (basic, Optuna) and launcher (in-process, joblib workers, SLURM nodes):
 every job adds its own entry when it ends (under an flock on the sweep folder, since jobs may end at
 the same moment on different processes), taking the facts from its run.json. The summary fields
-(``status``, ``failed_jobs``, ``best_job``) are computed from the entries by :func:`summarize` in the
-same write as any change to an entry, so they never contradict them. At the end the jobs are ranked
-by their objective, printed as a table, and a sweep with a failed job exits non-zero.
+(``status``, ``failed_jobs``, ``best_job``, and the cross-validation / repeated-seed ``aggregate`` of
+:mod:`aistudio.sweeps.aggregate`) are computed from the entries by :func:`summarize` in the same write
+as any change to an entry, so they never contradict them. At the end the jobs are ranked by their
+objective, printed as a table followed by the aggregates (mean ± std per group of folds or seeds), and
+a sweep with a failed job exits non-zero.
 """
 
 from __future__ import annotations
@@ -23,9 +25,10 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-from aistudio.run_layout import RUN_FILE
+from aistudio.run_layout import METRICS_FILE, RUN_FILE
 from aistudio.runs.atomic import atomic_write_json, read_json
 from aistudio.runs.record import effective_status, utc_now
+from aistudio.sweeps.aggregate import aggregate, aggregate_lines, best_epoch_metrics
 
 log = logging.getLogger("aistudio.sweep")
 
@@ -55,12 +58,18 @@ def update_sweep(sweep_dir: Path, change: Any) -> dict[str, Any]:
 
 
 def job_entry(run_dir: Path, overrides: list[str]) -> dict[str, Any]:
+    """One job's line in sweep.json, from its run.json (and its best epoch's metrics.json entry)."""
     run = read_json(run_dir / RUN_FILE, default=None) or {}
     objective = run.get("objective") or {}
     best = run.get("best") or {}
+    try:
+        entries = read_json(run_dir / METRICS_FILE, default=None) or []
+    except (OSError, ValueError):
+        entries = []
     return {"run_id": run.get("id"), "run_dir": str(run_dir), "status": effective_status(run) if run else "failed",
             "overrides": overrides, "objective": objective.get("value"), "objective_metric": objective.get("metric"),
-            "mode": best.get("mode"), "best": best, "test_metrics": run.get("test_metrics") or {},
+            "mode": best.get("mode"), "best": best, "best_metrics": best_epoch_metrics(entries, best.get("epoch")),
+            "test_metrics": run.get("test_metrics") or {},
             "error": (run.get("error") or {}).get("message"), "duration_s": run.get("duration_s")}
 
 
@@ -78,7 +87,8 @@ def summarize(data: dict[str, Any]) -> None:
 
     ``failed_jobs``: jobs whose entry is not completed (failed, interrupted), by number. ``best_job``: the
     best objective (None before any). ``status``: ``running`` until the multirun has ended (``ended_at``),
-    then ``failed`` if a job did not complete, else ``completed``.
+    then ``failed`` if a job did not complete, else ``completed``. ``aggregate``: mean/std/min/max per
+    metric over the completed jobs of each group of folds or seeds (:func:`aistudio.sweeps.aggregate.aggregate`).
     """
     jobs = data.get("jobs") or {}
     failed = sorted((n for n, j in jobs.items() if j.get("status") != "completed"),
@@ -86,7 +96,8 @@ def summarize(data: dict[str, Any]) -> None:
     best = ranked(jobs)
     data.update(failed_jobs=failed,
                 best_job=best[0][0] if best and best[0][1].get("objective") is not None else None,
-                status="running" if not data.get("ended_at") else "failed" if failed else "completed")
+                status="running" if not data.get("ended_at") else "failed" if failed else "completed",
+                aggregate=aggregate(jobs))
 
 
 def summary_table(data: dict[str, Any]) -> str:
@@ -153,6 +164,8 @@ class SweepRecorder(Callback):
         data = update_sweep(sweep_dir, finish)
         print(f"\nsweep {sweep_dir} ({len(data.get('jobs') or {})} jobs, ranked by objective):\n"
               f"{summary_table(data)}", flush=True)
+        if data.get("aggregate"):
+            print("\n" + "\n".join(aggregate_lines(data["aggregate"])), flush=True)
         if data["failed_jobs"]:  # every job ran; the exit code still tells scripts and CI
             print(f"Error: {len(data['failed_jobs'])} of {len(data['jobs'])} sweep jobs did not complete (jobs "
                   f"{', '.join(data['failed_jobs'])}); see {sweep_dir / SWEEP_FILE} and each job's run.json",
