@@ -16,6 +16,7 @@ CHECKPOINT_DIR = "checkpoints"
 BEST_CHECKPOINT = f"{CHECKPOINT_DIR}/best.ckpt"
 LAST_CHECKPOINT = f"{CHECKPOINT_DIR}/last.ckpt"
 TRAINING_LOG = "logs/training.log"
+EVAL_DIR = "eval"  # eval.py's results: eval/<split>-<ckpt>.json
 
 RUNS_ROOT_ENV = "AISTUDIO_RUNS_DIR"
 DEFAULT_RUNS_ROOT = "runs"  # relative to the folder train.py runs in

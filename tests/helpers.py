@@ -61,8 +61,25 @@ def subprocess_env(tmp: Path) -> dict[str, str]:
 
 def run_train(args: list[str], tmp: Path, timeout: float = 300, **kwargs: Any) -> subprocess.CompletedProcess:
     """``python train.py <args>`` in a subprocess, from the repository root."""
-    return subprocess.run([sys.executable, str(ROOT / "train.py"), *args], cwd=ROOT, env=subprocess_env(tmp),
+    return run_entry("train.py", args, tmp, timeout, **kwargs)
+
+
+def run_entry(script: str, args: list[str], tmp: Path, timeout: float = 300, **kwargs: Any) -> subprocess.CompletedProcess:
+    """``python <script> <args>`` (train.py, eval.py, ...) in a subprocess, from the repository root."""
+    return subprocess.run([sys.executable, str(ROOT / script), *args], cwd=ROOT, env=subprocess_env(tmp),
                           capture_output=True, text=True, timeout=timeout, **kwargs)
+
+
+def assert_eval_reproduces_test(run_dir: Path, tmp: Path) -> dict[str, Any]:
+    """``eval.py run=<run_dir>`` gives exactly run.json's test metrics; returns eval/test-best.json."""
+    result = run_entry("eval.py", [f"run={run_dir}"], tmp)
+    assert result.returncode == 0, result.stderr[-3000:]
+    recorded = json.loads((run_dir / "run.json").read_text())["test_metrics"]
+    evaluation = json.loads((run_dir / "eval" / "test-best.json").read_text())
+    assert recorded and evaluation["metrics"] == recorded
+    assert "reproduces run.json's test_metrics" in evaluation["notes"]
+    assert evaluation["checkpoint"]["path"] == "checkpoints/best.ckpt" and evaluation["per_class"]
+    return evaluation
 
 
 FAST_TRAIN = ["hardware=cpu", "data.num_workers=0", "data.image_size=32", "data.batch_size=8",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -12,7 +13,7 @@ from hydra.utils import instantiate
 from aistudio.data.builtin import shapes_project
 from aistudio.data.detection import DetectionDataset, collate_detection, decode_segmentation
 from aistudio.data.project import load_project
-from tests.helpers import CONF, run_train
+from tests.helpers import CONF, assert_eval_reproduces_test, run_train
 
 DETECTORS = sorted(p.stem for p in (CONF / "model").glob("*.yaml")
                    if "torchvision_detection" in p.read_text() and p.stem != "torchvision_detection")
@@ -198,6 +199,13 @@ def test_train_py_detection_tasks_end_to_end(tmp_path, task, model, monitor, ima
     assert "test_map" in run["test_metrics"] and (run_dir / "checkpoints" / "best.ckpt").is_file()
     if task == "instance_segmentation":
         assert "train_loss_mask" in metrics[0] and "test_segm_map" in run["test_metrics"]
+    # eval.py rebuilds the run from config.json: the same test figures, per-class AP and AP50 among them
+    evaluation = assert_eval_reproduces_test(run_dir, tmp_path)
+    for name, figures in evaluation["per_class"].items():
+        key = re.sub(r"[^0-9a-z]+", "_", name.lower()).strip("_")
+        for figure in ("ap", "ap50"):
+            logged = run["test_metrics"].get(f"test_{figure}_{key}")  # -1 or absent: no such object in the split
+            assert figures[figure] == (logged if logged is not None and logged >= 0 else None)
 
 
 def test_class_counts_of_a_detection_project_count_objects(shapes):

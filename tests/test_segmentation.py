@@ -22,7 +22,7 @@ from aistudio.data.project import DatasetError, load_project, write_project
 from aistudio.data.segmentation import SegmentationDataset
 from aistudio.models.segmentation import build_segmenter
 from aistudio.tasks.segmentation import SemanticSegmentationModule, soft_dice_loss
-from tests.helpers import run_train
+from tests.helpers import assert_eval_reproduces_test, run_train
 
 LRASPP = {"_target_": "aistudio.models.segmentation.build_segmenter", "name": "lraspp_mobilenet_v3_large",
           "num_classes": 4}
@@ -199,6 +199,16 @@ def test_train_py_semantic_segmentation_end_to_end(tmp_path):
         assert {"train_loss", "train_miou", "val_loss", "val_miou", "val_dice", "val_pixel_acc"} <= set(entry)
         assert 0.0 <= entry["val_miou"] <= 1.0
     assert {"test_miou", "test_dice", "test_pixel_acc", "test_loss"} <= set(run["test_metrics"])
+    # eval.py rebuilds the run from config.json: the same test figures, plus per-class IoU
+    evaluation = assert_eval_reproduces_test(run_dir, tmp_path)
+    matrix = evaluation["confusion_matrix"]
+    ious = [v["iou"] for v in evaluation["per_class"].values() if v["iou"] is not None]
+    assert len(matrix) == len(evaluation["per_class"]) == len(evaluation["dataset"]["classes"])
+    assert evaluation["dataset"]["sha256"] == run["dataset"]["sha256"] and len(run["dataset"]["sha256"]) == 64
+    assert evaluation["metrics"]["test_miou"] == pytest.approx(sum(ious) / len(ious), abs=1e-5)
+    total = sum(map(sum, matrix))
+    assert evaluation["metrics"]["test_pixel_acc"] == pytest.approx(sum(matrix[i][i] for i in range(len(matrix))) / total,
+                                                                    abs=1e-5)
 
 
 def test_membrane_recipe_takes_the_project_from_config(compose_cfg, monkeypatch, tmp_path):

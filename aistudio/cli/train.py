@@ -79,7 +79,7 @@ def run_training(cfg: DictConfig, run_dir: Path, overrides: list[str] | None = N
         # every dataset problem at once, before torch is imported (``project``: validated already)
         project = project or project_from_config(config["data"])
         check_config(config)  # unknown model name, optimizer/trainer arguments: one line, nothing built yet
-        session.begin(config, heartbeat_s=cfg.get("heartbeat_s"))
+        session.begin(config, heartbeat_s=cfg.get("heartbeat_s"), dataset=project.fingerprint())
         result = fit_and_test(config, project, session)
         session.complete(**result.record_fields(run_dir))
     best = result.best

@@ -83,6 +83,7 @@ class ProjectDataModule(pl.LightningDataModule):
         self.horizontal_flip = float(horizontal_flip)
         self.seed = int(seed)
         self._datasets: dict[str, Any] = {}
+        self.test_split = "test"  # the split the test loop runs on (eval.py split=val evaluates val)
 
     @property
     def project(self) -> Project:
@@ -106,13 +107,14 @@ class ProjectDataModule(pl.LightningDataModule):
         return list(self.project.classes)
 
     def has_split(self, name: str) -> bool:
-        return bool(self.project.split(name))
+        return bool(self.project.split(self.test_split if name == "test" else name))
 
     def setup(self, stage: str | None = None) -> None:
         transforms = {"train": self.train_transform, "val": self.eval_transform, "test": self.eval_transform}
+        sources = {"train": "train", "val": "val", "test": self.test_split}
         for split, transform in transforms.items():
             if split not in self._datasets:
-                self._datasets[split] = self.dataset_factory(self.project.split(split), transform,
+                self._datasets[split] = self.dataset_factory(self.project.split(sources[split]), transform,
                                                              self.channels, project=self.project)
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:

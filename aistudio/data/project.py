@@ -32,6 +32,7 @@ parser) or a parser. The known tasks are the files in ``conf/task/``.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -108,6 +109,15 @@ class Project:
     warnings: list[str] = field(default_factory=list)
     ignore_index: int = 255
     mask_values: list[int] | None = None
+    source: Path | None = None  # the dataset.json file
+    checksum: str = ""  # sha256 of dataset.json's bytes: which version of the dataset a result is on
+
+    def fingerprint(self) -> dict[str, Any]:
+        """What a result records about the data it came from (run.json, eval results)."""
+        return {"file": str(self.source) if self.source else str(self.root / DATASET_FILE),
+                "sha256": self.checksum, "split_index": self.split_index,
+                "split_scheme": self.split_schemes[self.split_index]
+                if self.split_index < len(self.split_schemes) else None}
 
     @property
     def num_classes(self) -> int:
@@ -252,13 +262,16 @@ def load_project(path: str | Path, *, task: str | AnnotationParser = "classifica
             "no dataset.json in this folder — create one (see README, 'dataset.json') or import a "
             "folder of class sub-folders with `aistudio import image-folder`"])
     try:
-        raw = json.loads(json_path.read_text(encoding="utf-8"))
+        content = json_path.read_bytes()
+        raw = json.loads(content.decode("utf-8"))
     except json.JSONDecodeError as err:
         raise DatasetError(json_path, [
             f"not valid JSON: {err.msg} at line {err.lineno}, column {err.colno} — fix the syntax"]) from None
     except (OSError, UnicodeDecodeError) as err:
         raise DatasetError(json_path, [f"cannot be read: {err}"]) from None
-    return _Validator(json_path, raw, task, split_index, check_images).run()
+    project = _Validator(json_path, raw, task, split_index, check_images).run()
+    project.source, project.checksum = json_path, hashlib.sha256(content).hexdigest()
+    return project
 
 
 class _Validator:

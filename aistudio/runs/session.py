@@ -90,13 +90,15 @@ class RunSession:
             self._release_lock()
             raise
 
-    def begin(self, config: dict[str, Any], heartbeat_s: float | None = None) -> None:
+    def begin(self, config: dict[str, Any], heartbeat_s: float | None = None,
+              dataset: dict[str, Any] | None = None) -> None:
         """The resolved config is known and checked: freeze it (config.json), record what selects the best
-        checkpoint, and keep the heartbeat going until the session ends."""
+        checkpoint and which dataset.json version it trains on (``dataset``: path, sha256, split), and keep
+        the heartbeat going until the session ends."""
         if self.record is None:
             return
         self.record.update(monitor={"metric": config["task"]["monitor"], "mode": config["task"]["mode"]},
-                           data_project=str(config["data"].get("project")))
+                           data_project=str(config["data"].get("project")), dataset=dataset)
         atomic_write_json(self.run_dir / CONFIG_FILE, config)
         self._heartbeat = Heartbeat(self.record, float(heartbeat_s or HEARTBEAT_INTERVAL_S))
         self._heartbeat.__enter__()

@@ -12,7 +12,7 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 from hydra.utils import instantiate
-from torchmetrics import MetricCollection
+from torchmetrics import Metric, MetricCollection
 
 from aistudio import AistudioError
 from aistudio.training.schedulers import build_scheduler
@@ -42,6 +42,8 @@ class TaskModule(pl.LightningModule):
         self.model = instantiate(model)
         self._backbone_frozen = False
         self._skipped_in_a_row = 0
+        # per-class figures of the last test run ({"per_class": {class: {...}}, ...}): eval.py writes them
+        self.test_report: dict[str, Any] = {}
 
     def forward(self, images: torch.Tensor) -> Any:
         return self.model(images)
@@ -138,10 +140,17 @@ class MetricCollectionTask(TaskModule):
     metrics.json writer) run before the module's.
     """
 
-    def init_metrics(self, metrics: MetricCollection) -> None:
+    def init_metrics(self, metrics: MetricCollection, confusion: Metric | None = None) -> None:
+        """``confusion``: a confusion-matrix metric accumulated in the test stage only; its per-class
+        figures (:meth:`class_report`) become ``test_report`` (what eval.py writes and the plots draw)."""
         self.train_metrics = metrics.clone(prefix="train_")
         self.val_metrics = metrics.clone(prefix="val_")
         self.test_metrics = metrics.clone(prefix="test_")
+        self.test_confusion = confusion
+
+    def class_report(self, confusion: torch.Tensor) -> dict[str, dict[str, Any]]:
+        """Per-class figures from the test confusion matrix. Tasks with a confusion metric override."""
+        return {}
 
     def step_outputs(self, batch: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(loss, predictions for the metrics, targets) of one batch."""
@@ -150,6 +159,8 @@ class MetricCollectionTask(TaskModule):
     def _shared_step(self, batch: Any, stage: str, metrics: MetricCollection) -> torch.Tensor:
         loss, predictions, targets = self.step_outputs(batch)
         metrics.update(predictions, targets)
+        if stage == "test" and self.test_confusion is not None:
+            self.test_confusion.update(predictions, targets)
         self.log(f"{stage}_loss", loss, on_step=stage == "train", on_epoch=True, prog_bar=True,
                  batch_size=len(targets))
         return loss
@@ -176,3 +187,8 @@ class MetricCollectionTask(TaskModule):
 
     def on_test_epoch_end(self) -> None:
         self._log_epoch_metrics(self.test_metrics)
+        if self.test_confusion is not None:
+            matrix = self.test_confusion.compute()
+            self.test_confusion.reset()
+            self.test_report = {"per_class": self.class_report(matrix),
+                                "confusion_matrix": matrix.long().cpu().tolist()}

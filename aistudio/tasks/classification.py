@@ -8,6 +8,7 @@ import torch
 from torchmetrics import MetricCollection
 from torchmetrics.classification import (
     MulticlassAccuracy,
+    MulticlassConfusionMatrix,
     MulticlassF1Score,
     MulticlassPrecision,
     MulticlassRecall,
@@ -15,6 +16,7 @@ from torchmetrics.classification import (
 
 from aistudio.models.surgery import head_modules
 from aistudio.tasks.base import MetricCollectionTask
+from aistudio.tasks.class_report import classification_report
 from aistudio.tasks.class_weights import ClassWeights
 from aistudio.tasks.class_weights import class_weights as class_weights_for
 
@@ -41,7 +43,10 @@ class ClassificationModule(MetricCollectionTask):
             "precision": MulticlassPrecision(num_classes, average="macro", **checks),
             "recall": MulticlassRecall(num_classes, average="macro", **checks),
         })
-        self.init_metrics(metrics)
+        self.init_metrics(metrics, MulticlassConfusionMatrix(num_classes, **checks))
+
+    def class_report(self, confusion: torch.Tensor) -> dict[str, dict[str, Any]]:
+        return classification_report(confusion, self.class_names or [str(i) for i in range(len(confusion))])
 
     def head_parameter_names(self) -> set[str]:
         heads = head_modules(self.model, int(self.hparams.model["num_classes"]))

@@ -91,25 +91,35 @@ class DetectionModule(TaskModule):
         self.test_map.update(predictions, targets)
         self.test_map50.update(predictions, targets)
 
-    def _per_class(self, result: dict[str, torch.Tensor], source: str, stage: str, name: str) -> None:
+    def _per_class(self, result: dict[str, torch.Tensor], source: str, stage: str, name: str) -> dict[str, float]:
+        """Log ``{stage}_{name}_<class>`` for the classes present; returns {class name: value}."""
+        values = {}
         present = result["classes"].flatten().tolist()
         for value, label in zip(result[f"{source}map_per_class"].flatten().tolist(), present):
             if 1 <= label <= len(self.class_names):
+                values[self.class_names[label - 1]] = float(value)
                 self.log(f"{stage}_{name}_{_metric_name(self.class_names[label - 1])}", float(value))
+        return values
 
     def _log_map(self, metric: MeanAveragePrecision, metric50: MeanAveragePrecision, stage: str) -> None:
         result, result50 = metric.compute(), metric50.compute()
         metric.reset()
         metric50.reset()
         several = len(self.iou_types) > 1  # torchmetrics then prefixes every key with the iou type
+        per_class: dict[str, dict[str, float | None]] = {c: {} for c in self.class_names}
         for iou_type in self.iou_types:
             prefix = "segm_" if iou_type == "segm" else ""
             source = f"{iou_type}_" if several else ""
             for name in ("map", "map_50", "map_75", "map_small", "map_medium", "map_large", "mar_1", "mar_10",
                          "mar_100"):
                 self.log(f"{stage}_{prefix}{name}", result[f"{source}{name}"].float(), prog_bar=name == "map")
-            self._per_class(result, source, stage, f"{prefix}ap")  # AP over IoU 0.50:0.95
-            self._per_class(result50, source, stage, f"{prefix}ap50")  # AP at IoU 0.50
+            for name, values in ((f"{prefix}ap", self._per_class(result, source, stage, f"{prefix}ap")),
+                                 (f"{prefix}ap50", self._per_class(result50, source, stage, f"{prefix}ap50"))):
+                for class_name in per_class:  # -1 / absent: no ground truth and no prediction of that class
+                    value = values.get(class_name)
+                    per_class[class_name][name] = value if value is not None and value >= 0 else None
+        if stage == "test":
+            self.test_report = {"per_class": per_class}
 
     def on_validation_epoch_end(self) -> None:
         self._log_map(self.val_map, self.val_map50, "val")

@@ -7,10 +7,16 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torchmetrics import MetricCollection
-from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score, MulticlassJaccardIndex
+from torchmetrics.classification import (
+    MulticlassAccuracy,
+    MulticlassConfusionMatrix,
+    MulticlassF1Score,
+    MulticlassJaccardIndex,
+)
 
 from aistudio import AistudioError
 from aistudio.tasks.base import MetricCollectionTask
+from aistudio.tasks.class_report import segmentation_report
 from aistudio.tasks.class_weights import ClassWeights
 from aistudio.tasks.class_weights import class_weights as class_weights_for
 
@@ -60,7 +66,10 @@ class SemanticSegmentationModule(MetricCollectionTask):
             "dice": MulticlassF1Score(num_classes, average="macro", **checks),
             "pixel_acc": MulticlassAccuracy(num_classes, average="micro", **checks),
         })
-        self.init_metrics(metrics)
+        self.init_metrics(metrics, MulticlassConfusionMatrix(num_classes, **checks))
+
+    def class_report(self, confusion: torch.Tensor) -> dict[str, dict[str, Any]]:
+        return segmentation_report(confusion, self.class_names or [str(i) for i in range(len(confusion))])
 
     def setup(self, stage: str) -> None:
         """The dataset writes the project's ignore value into masks; the loss must skip the same value."""

@@ -41,14 +41,15 @@ def build_datamodule(config: dict[str, Any], project: Project) -> Any:
     return datamodule
 
 
-def build_module(config: dict[str, Any], project: Project) -> Any:
-    """The task's LightningModule: the model for the dataset's classes, with what the task needs to know
-    about the training data (class names; the train split's class counts, for weights the task derives)."""
+def build_module(config: dict[str, Any], class_names: list[str], class_counts: list[int] | None) -> Any:
+    """The task's LightningModule: the model for ``class_names``, with what the task needs to know about
+    the training data (the train split's class counts, for weights the task derives). Training passes
+    its project's; a rebuilt run passes what its checkpoint recorded, so the same loss is rebuilt."""
     from hydra.utils import instantiate
 
-    return instantiate(config["task"]["module"], model=model_config(config["model"], project.num_classes),
-                       optimizer=config["optimizer"], scheduler=config["scheduler"], class_names=project.classes,
-                       class_counts=project.class_counts("train"), _recursive_=False, _convert_="all")
+    return instantiate(config["task"]["module"], model=model_config(config["model"], len(class_names)),
+                       optimizer=config["optimizer"], scheduler=config["scheduler"], class_names=list(class_names),
+                       class_counts=class_counts, _recursive_=False, _convert_="all")
 
 
 @dataclass
@@ -93,7 +94,7 @@ def fit_and_test(config: dict[str, Any], project: Project, session: RunSession) 
     tidy_library_output()
     pl.seed_everything(int(config["seed"]), workers=True, verbose=False)
     datamodule = build_datamodule(config, project)
-    module = build_module(config, project)
+    module = build_module(config, project.classes, project.class_counts("train"))
     monitor, mode = config["task"]["monitor"], config["task"]["mode"]
     ties = bool(((config.get("callbacks") or {}).get("model_checkpoint") or {}).get("save_on_tie", True))
     run_callback = RunDirectoryCallback(session.run_dir, session.record, monitor, mode, run_config=config,

@@ -1,0 +1,123 @@
+"""eval.py: a finished run rebuilt from its config.json and evaluated on a split, with per-class figures."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from aistudio import AistudioError
+from aistudio.cli.run_args import mark_run_overrides, run_overrides
+from aistudio.evaluation.trained_run import apply_overrides
+from aistudio.tasks.class_report import classification_report, segmentation_report
+from tests.helpers import assert_eval_reproduces_test, make_color_project, run_entry, run_train
+
+OWN = ("run", "ckpt", "split", "runs_root")
+
+
+# -- command line and config overrides (no training) ---------------------------------------------
+def test_overrides_of_the_run_config_are_marked_for_hydra_and_taken_back():
+    argv = ["eval.py", "run=x", "split=val", "data.split_index=3", "+data.extra=1", "-m", "--cfg", "job",
+            "hydra.verbose=true"]
+    marked = mark_run_overrides(argv, OWN)
+    assert marked == ["eval.py", "run=x", "split=val", "+data.split_index=3", "++data.extra=1", "-m", "--cfg",
+                      "job", "hydra.verbose=true"]
+    assert run_overrides(["run=x", "split=val", "+data.split_index=3", "++data.extra=1"], OWN) == [
+        "data.split_index=3", "+data.extra=1"]
+
+
+def test_a_config_group_swap_is_refused_naming_the_way_out():
+    with pytest.raises(AistudioError, match=r"model=resnet50: the run's own model config is used.*model.<key>"):
+        mark_run_overrides(["eval.py", "model=resnet50"], OWN)
+
+
+def test_apply_overrides_parses_values_and_refuses_unknown_keys():
+    config = {"data": {"split_index": 0, "project": {"_target_": "x"}}, "seed": 1}
+    changed = apply_overrides(config, ["data.split_index=3", "data.project=/other", "+data.extra=[1,2]"])
+    assert changed["data"] == {"split_index": 3, "project": "/other", "extra": [1, 2]}
+    assert config["data"]["split_index"] == 0  # the run's own config is left as it was
+    with pytest.raises(AistudioError, match=r"data.split_idx=1: the run's config.json has no key data.split_idx "
+                                            r"\(keys there: project, split_index\).*\+data.split_idx=1"):
+        apply_overrides(config, ["data.split_idx=1"])
+    with pytest.raises(AistudioError, match="seed is not a section"):
+        apply_overrides(config, ["seed.x=1"])
+
+
+def test_per_class_figures_from_a_confusion_matrix():
+    matrix = torch.tensor([[3, 1, 0], [0, 2, 0], [1, 0, 0]])  # rows: true, columns: predicted
+    report = classification_report(matrix, ["a", "b", "c"])
+    assert report["a"] == {"precision": 0.75, "recall": 0.75, "f1": 0.75, "support": 4}
+    assert report["b"]["precision"] == pytest.approx(2 / 3) and report["b"]["recall"] == 1.0
+    assert report["c"] == {"precision": None, "recall": 0.0, "f1": None, "support": 1}  # never predicted
+    iou = segmentation_report(torch.tensor([[5, 1, 0], [1, 3, 0], [0, 0, 0]]), ["bg", "fg", "none"])
+    assert iou["bg"]["iou"] == pytest.approx(5 / 7) and iou["fg"]["dice"] == pytest.approx(6 / 8)
+    assert iou["none"] == {"iou": None, "dice": None, "pixels": 0}  # absent from both: no score, not 0
+
+
+# -- a real run, evaluated as users do ------------------------------------------------------------
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> tuple[Path, Path, Path]:
+    """(tmp, project, run dir) of a tiny classification run on the default path (DataLoader workers on)."""
+    tmp = tmp_path_factory.mktemp("eval")
+    project = make_color_project(tmp / "colors")
+    run_dir = tmp / "run"
+    result = run_train(["data=project", f"data.project={project}", "hardware=cpu", "data.image_size=16",
+                        "data.batch_size=8", "model=resnet18", "trainer.max_epochs=2",
+                        "callbacks.progress_bar.kind=none", f"hydra.run.dir={run_dir}"], tmp)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return tmp, project, run_dir
+
+
+@pytest.mark.slow
+def test_eval_reproduces_the_recorded_test_with_per_class_figures(trained):
+    tmp, project, run_dir = trained
+    evaluation = assert_eval_reproduces_test(run_dir, tmp)
+    matrix = torch.tensor(evaluation["confusion_matrix"])
+    assert list(evaluation["per_class"]) == ["red", "green", "blue"] and int(matrix.sum()) == 6  # 2 test images each
+    assert evaluation["metrics"]["test_acc"] == pytest.approx(float(matrix.diagonal().sum() / matrix.sum()))
+    for i, figures in enumerate(evaluation["per_class"].values()):
+        assert figures["support"] == int(matrix[i].sum())
+    dataset = evaluation["dataset"]
+    assert dataset["sha256"] == hashlib.sha256((project / "dataset.json").read_bytes()).hexdigest()
+    assert (dataset["split_index"], dataset["images"], evaluation["split"]) == (0, 6, "test")
+    assert (run_dir / "eval" / "eval.log").is_file()
+
+
+@pytest.mark.slow
+def test_a_data_override_changes_the_split_it_reports(trained):
+    tmp, project, run_dir = trained
+    result = run_entry("eval.py", [f"run={run_dir}", "split=val", "data.split_index=1"], tmp)
+    assert result.returncode == 0, result.stderr[-3000:]
+    evaluation = json.loads((run_dir / "eval" / "val-best-data.split_index=1.json").read_text())
+    entries = json.loads((project / "dataset.json").read_text())["images"]
+    val_files = sorted(e["file"] for e in entries if e["split"][1] == "val")
+    assert evaluation["dataset"]["split_index"] == 1 and evaluation["dataset"]["images"] == len(val_files)
+    assert sorted(val_files) != sorted(e["file"] for e in entries if e["split"][0] == "val")  # another split
+    assert set(evaluation["metrics"]) == {"val_loss", "val_acc", "val_f1", "val_precision", "val_recall"}
+    assert sum(f["support"] for f in evaluation["per_class"].values()) == len(val_files)
+    assert evaluation["overrides"] == ["data.split_index=1"] and "reproduces" not in " ".join(evaluation["notes"])
+    assert "val_acc" in result.stdout and "split val" in result.stdout
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("args", "message"), [
+    (["data.split_idx=1"], "has no key data.split_idx"),
+    (["ckpt=missing.ckpt"], "no checkpoint at missing.ckpt"),
+    (["split=holdout"], "split=holdout: use one of train, val, test"),
+    (["data.project=/nowhere"], "dataset folder not found"),
+])
+def test_bad_input_is_one_error_and_writes_nothing(trained, args, message):
+    tmp, _, run_dir = trained
+    before = sorted((run_dir / "eval").glob("*.json")) if (run_dir / "eval").is_dir() else []
+    result = run_entry("eval.py", [f"run={run_dir}", *args], tmp)
+    assert result.returncode == 1 and message in result.stderr, result.stderr[-2000:]
+    assert "Traceback" not in result.stderr
+    assert (sorted((run_dir / "eval").glob("*.json")) if (run_dir / "eval").is_dir() else []) == before
+
+
+def test_an_unknown_run_is_named(tmp_path):
+    result = run_entry("eval.py", ["run=no-such-run"], tmp_path)
+    assert result.returncode == 1 and "no run 'no-such-run'" in result.stderr and "Traceback" not in result.stderr
