@@ -6,15 +6,14 @@ answers without loading torch.
 """
 
 import hydra
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
-from aistudio.cli.evaluate import OWN_KEYS, eval_dir
-from aistudio.cli.run_args import apply_to_sys_argv
+from aistudio.cli.evaluate import OWN_KEYS
+from aistudio.cli.run_args import apply_to_sys_argv, register_run_subdir_resolver
 from aistudio.config import register_resolvers
 
 register_resolvers()
-if not OmegaConf.has_resolver("aistudio_eval_dir"):
-    OmegaConf.register_new_resolver("aistudio_eval_dir", eval_dir)
+register_run_subdir_resolver()
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="eval")

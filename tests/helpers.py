@@ -137,3 +137,14 @@ class TerminalRun:
 
     def text(self) -> str:
         return self.output.decode(errors="replace")
+
+
+def assert_onnx_export_matches(run_dir: Path, tmp: Path) -> dict[str, Any]:
+    """``export.py run=<run_dir> format=onnx`` passes its parity check; returns export/<name>.json."""
+    result = run_entry("export.py", [f"run={run_dir}", "format=onnx"], tmp, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    records = [json.loads(p.read_text()) for p in (run_dir / "export").glob("*.json")]
+    record = next(r for r in records if r["format"] == "onnx")
+    assert record["check"]["passed"] and record["check"]["images"] >= 3 and record["opset"] == 17
+    assert (run_dir / "export" / record["file"]).stat().st_size > 0 and "-> passed" in result.stdout
+    return record

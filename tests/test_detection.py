@@ -13,7 +13,7 @@ from hydra.utils import instantiate
 from aistudio.data.builtin import shapes_project
 from aistudio.data.detection import DetectionDataset, collate_detection, decode_segmentation
 from aistudio.data.project import load_project
-from tests.helpers import CONF, assert_eval_reproduces_test, run_train
+from tests.helpers import CONF, assert_eval_reproduces_test, assert_onnx_export_matches, run_train
 
 DETECTORS = sorted(p.stem for p in (CONF / "model").glob("*.yaml")
                    if "torchvision_detection" in p.read_text() and p.stem != "torchvision_detection")
@@ -206,6 +206,10 @@ def test_train_py_detection_tasks_end_to_end(tmp_path, task, model, monitor, ima
         for figure in ("ap", "ap50"):
             logged = run["test_metrics"].get(f"test_{figure}_{key}")  # -1 or absent: no such object in the split
             assert figures[figure] == (logged if logged is not None and logged >= 0 else None)
+    if task == "detection":  # one image of any size in, boxes/labels/scores out, as torchvision's detector
+        record = assert_onnx_export_matches(run_dir, tmp_path)
+        assert record["input"]["shape"] == [3, "height", "width"] and list(record["outputs"]) == [
+            "boxes", "labels", "scores"]
 
 
 def test_class_counts_of_a_detection_project_count_objects(shapes):

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -13,7 +15,13 @@ from aistudio import AistudioError
 from aistudio.cli.run_args import mark_run_overrides, run_overrides
 from aistudio.evaluation.trained_run import apply_overrides
 from aistudio.tasks.class_report import classification_report, segmentation_report
-from tests.helpers import assert_eval_reproduces_test, make_color_project, run_entry, run_train
+from tests.helpers import (
+    assert_eval_reproduces_test,
+    assert_onnx_export_matches,
+    make_color_project,
+    run_entry,
+    run_train,
+)
 
 OWN = ("run", "ckpt", "split", "runs_root")
 
@@ -121,3 +129,36 @@ def test_bad_input_is_one_error_and_writes_nothing(trained, args, message):
 def test_an_unknown_run_is_named(tmp_path):
     result = run_entry("eval.py", ["run=no-such-run"], tmp_path)
     assert result.returncode == 1 and "no run 'no-such-run'" in result.stderr and "Traceback" not in result.stderr
+
+
+# -- export ----------------------------------------------------------------------------------------
+@pytest.mark.slow
+def test_onnx_and_torchscript_exports_match_pytorch_and_reload_in_a_fresh_process(trained):
+    tmp, _, run_dir = trained
+    onnx_record = assert_onnx_export_matches(run_dir, tmp)
+    assert onnx_record["input"]["shape"] == ["batch", 3, 16, 16] and onnx_record["classes"] == ["red", "green", "blue"]
+    assert onnx_record["input"]["preprocessing"]["mean"] == [0.485, 0.456, 0.406]
+    result = run_entry("export.py", [f"run={run_dir}", "format=torchscript"], tmp)
+    assert result.returncode == 0, result.stderr[-3000:]
+    script = json.loads((run_dir / "export" / "resnet18-best.json").read_text())
+    assert script["format"] == "torchscript" and script["check"]["passed"]
+    # a fresh process without aistudio: the TorchScript file and the ONNX file agree on a batch of 5
+    probe = (
+        "import sys, warnings, numpy as np, torch, onnxruntime as ort\n"
+        "warnings.simplefilter('ignore')\n"
+        "x = torch.rand(5, 3, 16, 16, generator=torch.Generator().manual_seed(0))\n"
+        "scripted = torch.jit.load(sys.argv[1])(x).detach().numpy()\n"
+        "session = ort.InferenceSession(sys.argv[2], providers=['CPUExecutionProvider'])\n"
+        "exported = session.run(None, {'images': x.numpy()})[0]\n"
+        "print(scripted.shape, float(np.abs(scripted - exported).max()))\n")
+    check = subprocess.run([sys.executable, "-c", probe, str(run_dir / "export" / "resnet18-best.pt"),
+                            str(run_dir / "export" / "resnet18-best.onnx")], capture_output=True, text=True,
+                           timeout=120)
+    assert check.returncode == 0, check.stderr[-2000:]
+    shape, difference = check.stdout.rsplit(")", 1)
+    assert shape == "(5, 3" and float(difference) < 1e-3  # the two runtimes, float32 kernels
+
+
+def test_export_format_is_checked_before_anything_is_built(tmp_path):
+    result = run_entry("export.py", ["run=no-such-run", "format=tflite"], tmp_path)
+    assert result.returncode == 1 and "Traceback" not in result.stderr and "no run 'no-such-run'" in result.stderr

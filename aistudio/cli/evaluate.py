@@ -3,27 +3,11 @@ task function around :mod:`aistudio.evaluation.evaluate`."""
 
 from __future__ import annotations
 
-import sys
-import tempfile
-from pathlib import Path
-
 from omegaconf import DictConfig
 
-from aistudio import AistudioError, user_error
-from aistudio.cli.run_args import run_overrides
-from aistudio.run_layout import EVAL_DIR
-from aistudio.runs.catalog import find_run
+from aistudio.cli.run_args import report_user_error, run_overrides
 
 OWN_KEYS = ("run", "ckpt", "split", "runs_root")
-
-
-def eval_dir(run: str, root: str | None = None) -> str:
-    """``hydra.run.dir``: the evaluated run's eval/ folder (its eval.log goes there); a temporary folder
-    while the run cannot be found, which the task function then reports."""
-    try:
-        return str(find_run(str(run), root or None, latest_of=("completed",)) / EVAL_DIR)
-    except AistudioError:
-        return str(Path(tempfile.gettempdir()) / "aistudio-eval")
 
 
 def main(cfg: DictConfig) -> None:
@@ -38,10 +22,6 @@ def main(cfg: DictConfig) -> None:
         run = open_run(str(cfg.run), cfg.get("runs_root") or None)
         result = evaluate(run, ckpt=str(cfg.ckpt), split=str(cfg.split), overrides=overrides)
     except Exception as err:
-        problem = user_error(err)
-        if problem is None:
-            raise
-        print(f"\nError: {problem}", file=sys.stderr)
-        sys.exit(1)
+        report_user_error(err)
     path = write_evaluation(run, result)
     print("\n" + format_evaluation(result) + f"\n\nwritten: {path}", flush=True)

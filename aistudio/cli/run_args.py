@@ -10,10 +10,12 @@ lacks) travels as ``++`` so the two stay apart. No heavy imports.
 from __future__ import annotations
 
 import sys
+import tempfile
 from pathlib import Path
 
 from aistudio import AistudioError
 from aistudio.overrides import override_key
+from aistudio.runs.catalog import find_run
 
 CONF = Path(__file__).resolve().parents[2] / "conf"
 HYDRA_VALUE_FLAGS = ("--config-path", "-cp", "--config-name", "-cn", "--config-dir", "-cd", "--cfg", "-c",
@@ -54,3 +56,30 @@ def apply_to_sys_argv(own_keys: tuple[str, ...]) -> None:
     except AistudioError as err:
         print(f"Error: {err}", file=sys.stderr)
         sys.exit(1)
+
+
+def run_subdir(run: str, root: str | None, name: str) -> str:
+    """``hydra.run.dir`` of these entry points: a folder in the run (``eval``, ``export``: their log goes
+    there), or a temporary folder while the run cannot be found (the task function then reports it)."""
+    try:
+        return str(find_run(str(run), root or None, latest_of=("completed",)) / name)
+    except AistudioError:
+        return str(Path(tempfile.gettempdir()) / f"aistudio-{name}")
+
+
+def register_run_subdir_resolver() -> None:
+    from omegaconf import OmegaConf
+
+    if not OmegaConf.has_resolver("aistudio_run_subdir"):
+        OmegaConf.register_new_resolver("aistudio_run_subdir", run_subdir)
+
+
+def report_user_error(err: Exception) -> None:
+    """Print the :class:`AistudioError` behind ``err`` as one line and exit 1 (anything else propagates)."""
+    from aistudio import user_error
+
+    problem = user_error(err)
+    if problem is None:
+        raise err
+    print(f"\nError: {problem}", file=sys.stderr)
+    sys.exit(1)

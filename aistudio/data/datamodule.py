@@ -117,6 +117,10 @@ class ProjectDataModule(pl.LightningDataModule):
                 self._datasets[split] = self.dataset_factory(self.project.split(sources[split]), transform,
                                                              self.channels, project=self.project)
 
+    def eval_dataset(self, split: str) -> Any:
+        """``split`` with the validation transforms (what export checks its parity on)."""
+        return self.dataset_factory(self.project.split(split), self.eval_transform, self.channels, project=self.project)
+
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         import torch
 

@@ -61,33 +61,19 @@ def evaluate(run: TrainedRun, ckpt: str = "best", split: str = "test", overrides
 def _test(config: dict[str, Any], project: Project, checkpoint: Path, split: str) -> tuple[dict, dict, dict]:
     """(metrics, per-class report, checkpoint facts) of the task's test loop over ``split``."""
     import lightning.pytorch as pl
-    import torch
 
+    from aistudio.evaluation.loading import load_trained_module
     from aistudio.training.console import tidy_library_output
-    from aistudio.training.fit import build_datamodule, build_module
+    from aistudio.training.fit import build_datamodule
     from aistudio.training.trainer import build_evaluation_trainer
 
     tidy_library_output()
-    state = torch.load(checkpoint, map_location="cpu", weights_only=False)
-    hparams = state.get("hyper_parameters") or {}
-    classes = list(hparams.get("class_names") or project.classes)
-    if list(project.classes) != classes:
-        raise AistudioError(f"{project.source} has classes {project.classes}, but the checkpoint was trained on "
-                            f"{classes} — evaluate on a dataset with the same classes in the same order")
-    counts = hparams["class_counts"] if "class_counts" in hparams else project.class_counts("train")
     pl.seed_everything(int(config.get("seed", 0)), workers=True, verbose=False)
     datamodule = build_datamodule(config, project)
     datamodule.test_split = split
-    module = build_module(config, classes, counts)
-    try:
-        module.load_state_dict(state["state_dict"])
-    except RuntimeError as err:  # a model.* override that changes the architecture
-        raise AistudioError(f"{checkpoint} does not fit the model built from the run's config.json with these "
-                            f"overrides — drop the model.* overrides that change its layers "
-                            f"({str(err).splitlines()[0]})") from None
+    module, saved = load_trained_module(config, project, checkpoint)
     results = build_evaluation_trainer(config).test(module, datamodule=datamodule, verbose=False)
     metrics = {f"{split}_{k.removeprefix('test_')}": float(v) for k, v in (results[0] if results else {}).items()}
-    saved = {"epoch": state.get("epoch"), "global_step": state.get("global_step")}
     return metrics, dict(module.test_report), saved
 
 

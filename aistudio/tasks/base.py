@@ -15,6 +15,7 @@ from hydra.utils import instantiate
 from torchmetrics import Metric, MetricCollection
 
 from aistudio import AistudioError
+from aistudio.tasks.export_spec import ExportSpec
 from aistudio.training.schedulers import build_scheduler
 
 log = logging.getLogger(__name__)
@@ -47,6 +48,10 @@ class TaskModule(pl.LightningModule):
 
     def forward(self, images: torch.Tensor) -> Any:
         return self.model(images)
+
+    def export_spec(self) -> ExportSpec:
+        """The network as export.py traces it (tasks override)."""
+        raise AistudioError(f"{type(self).__name__} does not define an export (export_spec)")
 
     # -- fine-tuning: which parameters are the backbone ------------------------------------------
     def head_parameter_names(self) -> set[str]:

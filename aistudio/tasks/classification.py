@@ -19,6 +19,7 @@ from aistudio.tasks.base import MetricCollectionTask
 from aistudio.tasks.class_report import classification_report
 from aistudio.tasks.class_weights import ClassWeights
 from aistudio.tasks.class_weights import class_weights as class_weights_for
+from aistudio.tasks.export_spec import ExportSpec, batch_axes
 
 
 class ClassificationModule(MetricCollectionTask):
@@ -47,6 +48,10 @@ class ClassificationModule(MetricCollectionTask):
 
     def class_report(self, confusion: torch.Tensor) -> dict[str, dict[str, Any]]:
         return classification_report(confusion, self.class_names or [str(i) for i in range(len(confusion))])
+
+    def export_spec(self) -> ExportSpec:
+        return ExportSpec(self.model.eval(), ["images"], ["logits"], batch_axes("images", "logits"), batched=True,
+                          outputs={"logits": "(N, classes) scores before softmax, classes in the order of 'classes'"})
 
     def head_parameter_names(self) -> set[str]:
         heads = head_modules(self.model, int(self.hparams.model["num_classes"]))

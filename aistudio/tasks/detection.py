@@ -19,6 +19,7 @@ import torch
 from torchmetrics.detection import MeanAveragePrecision
 
 from aistudio.tasks.base import TaskModule
+from aistudio.tasks.export_spec import DetectorOutputs, ExportSpec
 
 logging.getLogger("faster_coco_eval").setLevel(logging.WARNING)  # it prints the COCO table at INFO
 
@@ -52,6 +53,19 @@ class DetectionModule(TaskModule):
         return MeanAveragePrecision(box_format="xyxy", iou_type=self.iou_types, class_metrics=True,
                                     backend="faster_coco_eval", iou_thresholds=iou_thresholds or COCO_IOU_THRESHOLDS,
                                     rec_thresholds=COCO_RECALL_THRESHOLDS)
+
+    def export_spec(self) -> ExportSpec:
+        """One image per call (torchvision detectors batch internally as a list); the detector resizes and
+        normalises inside the graph. ONNX only: tracing a detector for TorchScript is not supported."""
+        keys = ("boxes", "labels", "scores") + (("masks",) if "segm" in self.iou_types else ())
+        per_detection = {key: {0: "detections"} for key in keys}
+        outputs = {"boxes": "(D, 4) x1, y1, x2, y2 in the input image's pixels",
+                   "labels": "(D,) class index + 1 (0 is the background)", "scores": "(D,) confidence"}
+        if "masks" in keys:
+            outputs["masks"] = "(D, 1, H, W) mask probabilities (threshold 0.5 as in evaluation)"
+        return ExportSpec(DetectorOutputs(self.model, keys).eval(), ["image"], list(keys),
+                          {"image": {1: "height", 2: "width"}, **per_detection}, batched=False, formats=("onnx",),
+                          outputs=outputs)
 
     def head_parameter_names(self) -> set[str]:
         """Everything but the backbone (RPN, ROI/box/mask heads, FPN extras are trained from the start)."""

@@ -19,6 +19,7 @@ from aistudio.tasks.base import MetricCollectionTask
 from aistudio.tasks.class_report import segmentation_report
 from aistudio.tasks.class_weights import ClassWeights
 from aistudio.tasks.class_weights import class_weights as class_weights_for
+from aistudio.tasks.export_spec import ExportSpec, SemanticLogits, batch_axes
 
 HEADS = ("classifier", "aux_classifier")  # torchvision's segmentation heads; the rest is the backbone
 
@@ -78,6 +79,11 @@ class SemanticSegmentationModule(MetricCollectionTask):
             raise AistudioError(f"dataset {project.root} marks ignored pixels with {project.ignore_index} but "
                                 f"task.module.ignore_index={self.ignore_index} — set "
                                 f"task.module.ignore_index={project.ignore_index}")
+
+    def export_spec(self) -> ExportSpec:
+        return ExportSpec(SemanticLogits(self.model).eval(), ["images"], ["logits"], batch_axes("images", "logits"),
+                          batched=True, outputs={"logits": "(N, classes, H, W) per-pixel scores before softmax; "
+                                                           "argmax over axis 1 is the label map"})
 
     def head_parameter_names(self) -> set[str]:
         return {f"{head}.{p}" for head in HEADS if getattr(self.model, head, None) is not None

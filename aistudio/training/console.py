@@ -68,6 +68,9 @@ class PeriodicProgress(pl.Callback):
     def on_test_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._start()
 
+    def on_predict_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._start()
+
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
         self._batch_done(trainer, "train", batch, batch_idx, trainer.num_training_batches, outputs)
@@ -81,6 +84,10 @@ class PeriodicProgress(pl.Callback):
                           batch_idx: int, dataloader_idx: int = 0) -> None:
         self._batch_done(trainer, "test", batch, batch_idx, _total(trainer.num_test_batches, dataloader_idx))
 
+    def on_predict_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
+                             batch_idx: int, dataloader_idx: int = 0) -> None:
+        self._batch_done(trainer, "predict", batch, batch_idx, _total(trainer.num_predict_batches, dataloader_idx))
+
     def _batch_done(self, trainer: pl.Trainer, phase: str, batch: Any, batch_idx: int, total: Any,
                     outputs: Any = None) -> None:
         self._images += _batch_size(batch)
@@ -91,7 +98,7 @@ class PeriodicProgress(pl.Callback):
         done, elapsed = batch_idx + 1, now - self._phase_started
         known = isinstance(total, int) and total > 0
         where = f"{done}/{total} ({100 * done / total:.0f}%)" if known else f"{done}"
-        epoch = "" if phase == "test" else f"epoch {trainer.current_epoch} "
+        epoch = "" if phase in ("test", "predict") else f"epoch {trainer.current_epoch} "
         parts = [f"{epoch}{phase} batch {where}", f"{self._images / elapsed:.1f} img/s"]
         if known and done < total:
             parts.append(f"ETA {_clock(elapsed / done * (total - done))}")

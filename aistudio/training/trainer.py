@@ -42,16 +42,18 @@ def build_trainer(config: Mapping[str, Any], run_callback: RunDirectoryCallback,
 EVALUATION_TRAINER_KEYS = ("deterministic", "benchmark", "limit_test_batches", "limit_predict_batches")
 
 
-def build_evaluation_trainer(config: Mapping[str, Any]) -> pl.Trainer:
+def build_evaluation_trainer(config: Mapping[str, Any], extra_callbacks: Iterable[Any] = ()) -> pl.Trainer:
     """A Trainer for using a trained run (evaluate, predict): the run's accelerator and precision on one
     device, its progress bar, no logger and no checkpoints (the run directory is not a training run's
-    again). ``limit_test_batches`` is kept so an evaluation of a run reproduces its recorded test."""
+    again). ``limit_test_batches`` is kept so an evaluation of a run reproduces its recorded test.
+    ``extra_callbacks``: e.g. predict.py's writer."""
     hardware = instantiate(config["hardware"])
     devices = hardware["devices"]
     hardware.update(devices=devices[:1] if isinstance(devices, list) else 1, strategy="auto", num_nodes=1)
     bar = (config.get("callbacks") or {}).get("progress_bar")
-    callbacks = instantiate_all({"progress_bar": bar})
+    callbacks = instantiate_all({"progress_bar": bar}) + list(extra_callbacks)
+    has_bar = any(isinstance(c, pl.callbacks.ProgressBar) for c in callbacks)  # kind=log is a plain callback
     trainer = config.get("trainer") or {}
     settings = {k: trainer[k] for k in EVALUATION_TRAINER_KEYS if trainer.get(k) is not None}
     return pl.Trainer(callbacks=callbacks, logger=False, enable_checkpointing=False,
-                      enable_progress_bar=bool(callbacks), enable_model_summary=False, **settings, **hardware)
+                      enable_progress_bar=has_bar, enable_model_summary=False, **settings, **hardware)
