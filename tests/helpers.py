@@ -79,7 +79,16 @@ def assert_eval_reproduces_test(run_dir: Path, tmp: Path) -> dict[str, Any]:
     assert recorded and evaluation["metrics"] == recorded
     assert "reproduces run.json's test_metrics" in evaluation["notes"]
     assert evaluation["checkpoint"]["path"] == "checkpoints/best.ckpt" and evaluation["per_class"]
+    assert evaluation["plots"] and all(is_png(run_dir / p) for p in evaluation["plots"])
     return evaluation
+
+
+def is_png(path: Path) -> bool:
+    """A whole PNG file that decodes (not only its signature)."""
+    import cv2
+
+    data = path.read_bytes()
+    return data.startswith(b"\x89PNG\r\n\x1a\n") and cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR) is not None
 
 
 FAST_TRAIN = ["hardware=cpu", "data.num_workers=0", "data.image_size=32", "data.batch_size=8",

@@ -13,7 +13,7 @@ from hydra.utils import instantiate
 from aistudio.data.builtin import shapes_project
 from aistudio.data.detection import DetectionDataset, collate_detection, decode_segmentation
 from aistudio.data.project import load_project
-from tests.helpers import CONF, assert_eval_reproduces_test, assert_onnx_export_matches, run_train
+from tests.helpers import CONF, assert_eval_reproduces_test, assert_onnx_export_matches, is_png, run_train
 
 DETECTORS = sorted(p.stem for p in (CONF / "model").glob("*.yaml")
                    if "torchvision_detection" in p.read_text() and p.stem != "torchvision_detection")
@@ -206,6 +206,9 @@ def test_train_py_detection_tasks_end_to_end(tmp_path, task, model, monitor, ima
         for figure in ("ap", "ap50"):
             logged = run["test_metrics"].get(f"test_{figure}_{key}")  # -1 or absent: no such object in the split
             assert figures[figure] == (logged if logged is not None and logged >= 0 else None)
+    pictures = {p.name for p in (run_dir / "plots").glob("*.png") if is_png(p)}
+    assert {"training_curves.png", "test_precision_recall.png", "test_examples.png"} <= pictures
+    assert evaluation["pr_curves"]["bbox"] and len(evaluation["recall_thresholds"]) == 101
     if task == "detection":  # one image of any size in, boxes/labels/scores out, as torchvision's detector
         record = assert_onnx_export_matches(run_dir, tmp_path)
         assert record["input"]["shape"] == [3, "height", "width"] and list(record["outputs"]) == [

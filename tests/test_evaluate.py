@@ -18,6 +18,7 @@ from aistudio.tasks.class_report import classification_report, segmentation_repo
 from tests.helpers import (
     assert_eval_reproduces_test,
     assert_onnx_export_matches,
+    is_png,
     make_color_project,
     run_entry,
     run_train,
@@ -162,3 +163,28 @@ def test_onnx_and_torchscript_exports_match_pytorch_and_reload_in_a_fresh_proces
 def test_export_format_is_checked_before_anything_is_built(tmp_path):
     result = run_entry("export.py", ["run=no-such-run", "format=tflite"], tmp_path)
     assert result.returncode == 1 and "Traceback" not in result.stderr and "no run 'no-such-run'" in result.stderr
+
+
+# -- pictures ---------------------------------------------------------------------------------------
+@pytest.mark.slow
+def test_a_finished_run_has_plots_and_tensorboard_images_with_an_hparams_entry(trained):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    _, _, run_dir = trained
+    names = {"training_curves", "test_confusion_matrix", "test_examples"}
+    assert all(is_png(run_dir / "plots" / f"{name}.png") for name in names)
+    events = EventAccumulator(str(run_dir / "tensorboard"), size_guidance={"images": 0})
+    events.Reload()
+    assert {"plots/training_curves", "plots/confusion_matrix", "plots/examples"} <= set(events.Tags()["images"])
+    image = events.Images("plots/confusion_matrix")[-1]
+    assert image.width > 100 and image.encoded_image_string.startswith(b"\x89PNG")
+    content = events.PluginTagToContent("hparams")
+    start = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/session_start_info"]).session_start_info
+    assert start.hparams["trainer.max_epochs"].number_value == 2 and start.hparams["model"].string_value == "resnet18"
+    experiment = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/experiment"]).experiment
+    metrics = {m.name.tag for m in experiment.metric_infos}
+    record = json.loads((run_dir / "run.json").read_text())
+    assert metrics == {"best_val_acc", *record["test_metrics"]}  # the same names as metrics.json / run.json
+    best = events.Scalars("best_val_acc")[-1].value
+    assert best == pytest.approx(record["best"]["value"])

@@ -22,7 +22,7 @@ from aistudio.data.project import DatasetError, load_project, write_project
 from aistudio.data.segmentation import SegmentationDataset
 from aistudio.models.segmentation import build_segmenter
 from aistudio.tasks.segmentation import SemanticSegmentationModule, soft_dice_loss
-from tests.helpers import assert_eval_reproduces_test, assert_onnx_export_matches, run_train
+from tests.helpers import assert_eval_reproduces_test, assert_onnx_export_matches, is_png, run_train
 
 LRASPP = {"_target_": "aistudio.models.segmentation.build_segmenter", "name": "lraspp_mobilenet_v3_large",
           "num_classes": 4}
@@ -207,6 +207,8 @@ def test_train_py_semantic_segmentation_end_to_end(tmp_path):
     assert evaluation["dataset"]["sha256"] == run["dataset"]["sha256"] and len(run["dataset"]["sha256"]) == 64
     assert evaluation["metrics"]["test_miou"] == pytest.approx(sum(ious) / len(ious), abs=1e-5)
     total = sum(map(sum, matrix))
+    assert {"plots/training_curves.png", "plots/test_confusion_matrix.png", "plots/test_examples.png"} <= {
+        str(p.relative_to(run_dir)) for p in (run_dir / "plots").glob("*.png") if is_png(p)}
     record = assert_onnx_export_matches(run_dir, tmp_path)  # (N, K, H, W) logits, dynamic batch
     assert record["input"]["shape"] == ["batch", 3, 64, 64] and record["check"]["batch"] >= 3
     assert evaluation["metrics"]["test_pixel_acc"] == pytest.approx(sum(matrix[i][i] for i in range(len(matrix))) / total,

@@ -47,7 +47,7 @@ def evaluate(run: TrainedRun, ckpt: str = "best", split: str = "test", overrides
                             f"{project.split_index} — evaluate another split or choose another data.split_index")
     checkpoint = run.checkpoint(ckpt)
     started = time.perf_counter()
-    metrics, report, saved = _test(config, project, checkpoint, split)
+    metrics, report, saved, examples = _test(config, project, checkpoint, split)
     result = {"run": run.name, "run_dir": str(run.run_dir), "split": split, "overrides": overrides,
               "checkpoint": {"name": ckpt, "path": _relative(checkpoint, run.run_dir), **saved},
               "dataset": {**project.fingerprint(), "images": len(project.split(split)),
@@ -55,14 +55,29 @@ def evaluate(run: TrainedRun, ckpt: str = "best", split: str = "test", overrides
               "metrics": metrics, **report, "created_at": utc_now(),
               "duration_s": round(time.perf_counter() - started, 3)}
     result["notes"] = _notes(run, result, config)
+    result["plots"] = _plots(run, result, report, examples)
     return result
 
 
-def _test(config: dict[str, Any], project: Project, checkpoint: Path, split: str) -> tuple[dict, dict, dict]:
-    """(metrics, per-class report, checkpoint facts) of the task's test loop over ``split``."""
+def _plots(run: TrainedRun, result: dict[str, Any], report: dict[str, Any], examples: list[Any]) -> list[str]:
+    """plots/<result name>_confusion_matrix.png (or _precision_recall.png) and _examples.png."""
+    from aistudio.evaluation.plotting import PLOTS_DIR, write_plots
+
+    try:
+        written = write_plots(run.run_dir / PLOTS_DIR, result_path(run, result).stem + "_",
+                              result["dataset"]["classes"], report=report, examples=examples, split=result["split"])
+    except Exception as err:  # noqa: BLE001 - the figures are the record; a picture must not lose them
+        log.warning("plots not written: %s: %s", type(err).__name__, err)
+        return []
+    return [str(path.relative_to(run.run_dir)) for path in written.values()]
+
+
+def _test(config: dict[str, Any], project: Project, checkpoint: Path, split: str) -> tuple[dict, dict, dict, list]:
+    """(metrics, per-class report, checkpoint facts, example drawings) of the task's test loop over ``split``."""
     import lightning.pytorch as pl
 
     from aistudio.evaluation.loading import load_trained_module
+    from aistudio.evaluation.plotting import collect_examples
     from aistudio.training.console import tidy_library_output
     from aistudio.training.fit import build_datamodule
     from aistudio.training.trainer import build_evaluation_trainer
@@ -74,7 +89,8 @@ def _test(config: dict[str, Any], project: Project, checkpoint: Path, split: str
     module, saved = load_trained_module(config, project, checkpoint)
     results = build_evaluation_trainer(config).test(module, datamodule=datamodule, verbose=False)
     metrics = {f"{split}_{k.removeprefix('test_')}": float(v) for k, v in (results[0] if results else {}).items()}
-    return metrics, dict(module.test_report), saved
+    examples = collect_examples(module, datamodule.eval_dataset(split), datamodule.collate_fn, config["data"])
+    return metrics, dict(module.test_report), saved, examples
 
 
 def _relative(path: Path, folder: Path) -> str:

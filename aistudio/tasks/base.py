@@ -15,6 +15,7 @@ from hydra.utils import instantiate
 from torchmetrics import Metric, MetricCollection
 
 from aistudio import AistudioError
+from aistudio.tasks.examples import Example
 from aistudio.tasks.export_spec import ExportSpec
 from aistudio.training.schedulers import build_scheduler
 
@@ -48,6 +49,11 @@ class TaskModule(pl.LightningModule):
 
     def forward(self, images: torch.Tensor) -> Any:
         return self.model(images)
+
+    def example_panels(self, batch: Any, mean: list[float] | None, std: list[float] | None) -> list[Example]:
+        """Pictures of the model's predictions against the ground truth on one batch, for plots/ and
+        TensorBoard (tasks override; ``mean``/``std``: the normalisation to undo)."""
+        return []
 
     def export_spec(self) -> ExportSpec:
         """The network as export.py traces it (tasks override)."""

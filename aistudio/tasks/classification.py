@@ -19,6 +19,7 @@ from aistudio.tasks.base import MetricCollectionTask
 from aistudio.tasks.class_report import classification_report
 from aistudio.tasks.class_weights import ClassWeights
 from aistudio.tasks.class_weights import class_weights as class_weights_for
+from aistudio.tasks.examples import Example, classification_examples
 from aistudio.tasks.export_spec import ExportSpec, batch_axes
 
 
@@ -48,6 +49,10 @@ class ClassificationModule(MetricCollectionTask):
 
     def class_report(self, confusion: torch.Tensor) -> dict[str, dict[str, Any]]:
         return classification_report(confusion, self.class_names or [str(i) for i in range(len(confusion))])
+
+    def example_panels(self, batch: Any, mean: list[float] | None, std: list[float] | None) -> list[Example]:
+        images, labels = batch
+        return classification_examples(images, labels, self.model(images).softmax(dim=1), self.class_names, mean, std)
 
     def export_spec(self) -> ExportSpec:
         return ExportSpec(self.model.eval(), ["images"], ["logits"], batch_axes("images", "logits"), batched=True,

@@ -19,6 +19,7 @@ import torch
 from torchmetrics.detection import MeanAveragePrecision
 
 from aistudio.tasks.base import TaskModule
+from aistudio.tasks.examples import Example, detection_examples
 from aistudio.tasks.export_spec import DetectorOutputs, ExportSpec
 
 logging.getLogger("faster_coco_eval").setLevel(logging.WARNING)  # it prints the COCO table at INFO
@@ -44,15 +45,21 @@ class DetectionModule(TaskModule):
         self.iou_types = tuple(iou_types)
         self.mask_threshold = mask_threshold
         self.val_map, self.val_map50 = self._map(), self._map(iou_thresholds=[0.5])
-        self.test_map, self.test_map50 = self._map(), self._map(iou_thresholds=[0.5])
+        # the test metric at IoU .5 also keeps its precision/recall table: the per-class PR curves of plots/
+        self.test_map, self.test_map50 = self._map(), self._map(iou_thresholds=[0.5], extended_summary=True)
 
-    def _map(self, iou_thresholds: list[float] | None = None) -> MeanAveragePrecision:
+    def _map(self, iou_thresholds: list[float] | None = None, extended_summary: bool = False) -> MeanAveragePrecision:
         # COCO's own thresholds in float64: torchmetrics' defaults are float32 (0.550000012, 0.699999988...),
         # which moves recall points that fall exactly on a threshold and makes mAP differ from COCOeval.
         # A second metric at IoU 0.5 alone gives per-class AP@0.5 (VOC-style), which COCO's summary lacks.
         return MeanAveragePrecision(box_format="xyxy", iou_type=self.iou_types, class_metrics=True,
                                     backend="faster_coco_eval", iou_thresholds=iou_thresholds or COCO_IOU_THRESHOLDS,
-                                    rec_thresholds=COCO_RECALL_THRESHOLDS)
+                                    rec_thresholds=COCO_RECALL_THRESHOLDS, extended_summary=extended_summary)
+
+    def example_panels(self, batch: Any, mean: list[float] | None, std: list[float] | None) -> list[Example]:
+        """Boxes only (masks are scored, not drawn); images are not normalised (the detector does that)."""
+        images, targets = batch
+        return detection_examples(images, targets, self.model(images), self.class_names)
 
     def export_spec(self) -> ExportSpec:
         """One image per call (torchvision detectors batch internally as a list); the detector resizes and
@@ -133,7 +140,21 @@ class DetectionModule(TaskModule):
                     value = values.get(class_name)
                     per_class[class_name][name] = value if value is not None and value >= 0 else None
         if stage == "test":
-            self.test_report = {"per_class": per_class}
+            self.test_report = {"per_class": per_class, "recall_thresholds": COCO_RECALL_THRESHOLDS,
+                                "pr_curves": {t: self._pr_curves(result50, f"{t}_" if several else "")
+                                              for t in self.iou_types}}
+
+    def _pr_curves(self, result: dict[str, torch.Tensor], source: str) -> dict[str, list[float]]:
+        """Per class, precision at each of COCO's 101 recall thresholds at IoU .5 (all areas, 100 detections;
+        -1 where the class has no ground truth)."""
+        precision = result.get(f"{source}precision")
+        if precision is None or precision.ndim != 5:
+            return {}
+        curves = {}
+        for k, label in enumerate(result["classes"].flatten().tolist()):
+            if 1 <= label <= len(self.class_names) and k < precision.shape[2]:
+                curves[self.class_names[label - 1]] = precision[0, :, k, 0, -1].tolist()
+        return curves
 
     def on_validation_epoch_end(self) -> None:
         self._log_map(self.val_map, self.val_map50, "val")

@@ -19,6 +19,7 @@ from aistudio.tasks.base import MetricCollectionTask
 from aistudio.tasks.class_report import segmentation_report
 from aistudio.tasks.class_weights import ClassWeights
 from aistudio.tasks.class_weights import class_weights as class_weights_for
+from aistudio.tasks.examples import Example, segmentation_examples
 from aistudio.tasks.export_spec import ExportSpec, SemanticLogits, batch_axes
 
 HEADS = ("classifier", "aux_classifier")  # torchvision's segmentation heads; the rest is the backbone
@@ -79,6 +80,12 @@ class SemanticSegmentationModule(MetricCollectionTask):
             raise AistudioError(f"dataset {project.root} marks ignored pixels with {project.ignore_index} but "
                                 f"task.module.ignore_index={self.ignore_index} — set "
                                 f"task.module.ignore_index={project.ignore_index}")
+
+    def example_panels(self, batch: Any, mean: list[float] | None, std: list[float] | None) -> list[Example]:
+        images, masks = batch
+        predicted = self.model(images)["out"].argmax(dim=1)
+        return segmentation_examples(images, masks, predicted, int(self.hparams.model["num_classes"]),
+                                     self.ignore_index, mean, std)
 
     def export_spec(self) -> ExportSpec:
         return ExportSpec(SemanticLogits(self.model).eval(), ["images"], ["logits"], batch_axes("images", "logits"),

@@ -111,9 +111,38 @@ def fit_and_test(config: dict[str, Any], project: Project, session: RunSession) 
             raise SystemExit(1)
         best_path = next((c.best_model_path for c in trainer.checkpoint_callbacks if c.monitor == monitor), "")
         test_metrics = _test(config, trainer, module, datamodule, best_path)
+    if global_rank() == 0 and config.get("plots", True):
+        _write_plots(config, session, trainer, module, datamodule, run_callback, test_metrics)
     return FitResult(monitor, mode, run_callback.best_entry(), best_path,
                      run_callback.entries[-1] if run_callback.entries else {}, test_metrics,
                      config.get("optimized_metric") or monitor)
+
+
+def _write_plots(config: dict[str, Any], session: RunSession, trainer: Any, module: Any, datamodule: Any,
+                 run_callback: Any, test_metrics: dict[str, float]) -> None:
+    """plots/ (curves; test confusion matrix or PR curves; examples of the best checkpoint, which the test
+    loaded) and the same in TensorBoard with the HParams entry. A picture never fails a trained run."""
+    from aistudio.evaluation.plotting import (
+        PLOTS_DIR,
+        collect_examples,
+        hparams_of,
+        log_to_tensorboard,
+        write_plots,
+    )
+
+    try:
+        split = "test" if test_metrics else "val"
+        examples = collect_examples(module, datamodule.eval_dataset(split), datamodule.collate_fn, config["data"])
+        plots = write_plots(session.run_dir / PLOTS_DIR, f"{split}_", module.class_names, run_callback.entries,
+                            module.test_report if test_metrics else None, examples, split)
+        best = run_callback.best_entry()
+        best_value = {f"best_{run_callback.monitor}": float(best[run_callback.monitor])} if best else {}
+        record = session.record.data if session.record else {}
+        log_to_tensorboard(trainer.loggers, plots, trainer.global_step, hparams_of(record, config),
+                           {**best_value, **test_metrics}, best_value)
+        log.info("plots: %s", ", ".join(str(p.relative_to(session.run_dir)) for p in plots.values()))
+    except Exception as err:  # noqa: BLE001 - reported, and the run still completes
+        log.warning("plots not written: %s: %s", type(err).__name__, err)
 
 
 def _test(config: dict[str, Any], trainer: Any, module: Any, datamodule: Any, best_path: str) -> dict[str, float]:
