@@ -91,8 +91,10 @@ def is_png(path: Path) -> bool:
     return data.startswith(b"\x89PNG\r\n\x1a\n") and cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR) is not None
 
 
+# plots=false: the end-of-run pictures (~2 s a run) are tested by the runs that check them
+# (test_evaluate.py, the detection and segmentation end-to-end tests), not by every lifecycle run
 FAST_TRAIN = ["hardware=cpu", "data.num_workers=0", "data.image_size=32", "data.batch_size=8",
-              "model=resnet18", "callbacks.progress_bar.kind=none"]
+              "model=resnet18", "callbacks.progress_bar.kind=none", "plots=false"]
 
 
 class TerminalRun:
