@@ -13,7 +13,7 @@ from hydra.core.hydra_config import HydraConfig  # noqa: E402
 from omegaconf import DictConfig, open_dict  # noqa: E402
 
 from aistudio.config import register_resolvers  # noqa: E402
-from tests.helpers import CONF, make_color_project  # noqa: E402
+from tests.helpers import CONF, make_color_project, run_train  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -48,3 +48,17 @@ def compose_cfg(tmp_path, data_dir):
 
     yield _compose
     GlobalHydra.instance().clear()
+
+
+@pytest.fixture(scope="session")
+def tiny_classifier_run(tmp_path_factory) -> tuple[Path, Path, Path]:
+    """(tmp, project, run dir) of one tiny classification run on the default path (DataLoader workers on,
+    default callbacks and plots), trained once and shared by the eval/export/plots and predict tests."""
+    tmp = tmp_path_factory.mktemp("tiny-classifier")
+    project = make_color_project(tmp / "colors")
+    run_dir = tmp / "run"
+    result = run_train(["data=project", f"data.project={project}", "hardware=cpu", "data.image_size=16",
+                        "data.batch_size=8", "model=resnet18", "trainer.max_epochs=2",
+                        "callbacks.progress_bar.kind=none", f"hydra.run.dir={run_dir}"], tmp)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return tmp, project, run_dir

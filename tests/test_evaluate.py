@@ -19,9 +19,7 @@ from tests.helpers import (
     assert_eval_reproduces_test,
     assert_onnx_export_matches,
     is_png,
-    make_color_project,
     run_entry,
-    run_train,
 )
 
 OWN = ("run", "ckpt", "split", "runs_root")
@@ -68,16 +66,8 @@ def test_per_class_figures_from_a_confusion_matrix():
 
 # -- a real run, evaluated as users do ------------------------------------------------------------
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory) -> tuple[Path, Path, Path]:
-    """(tmp, project, run dir) of a tiny classification run on the default path (DataLoader workers on)."""
-    tmp = tmp_path_factory.mktemp("eval")
-    project = make_color_project(tmp / "colors")
-    run_dir = tmp / "run"
-    result = run_train(["data=project", f"data.project={project}", "hardware=cpu", "data.image_size=16",
-                        "data.batch_size=8", "model=resnet18", "trainer.max_epochs=2",
-                        "callbacks.progress_bar.kind=none", f"hydra.run.dir={run_dir}"], tmp)
-    assert result.returncode == 0, result.stderr[-3000:]
-    return tmp, project, run_dir
+def trained(tiny_classifier_run) -> tuple[Path, Path, Path]:
+    return tiny_classifier_run
 
 
 @pytest.mark.slow

@@ -212,16 +212,8 @@ def predict(tmp: Path, run_dir: Path, *args: str):
 
 
 @pytest.fixture(scope="module")
-def classifier(tmp_path_factory) -> tuple[Path, Path, Path]:
-    """(tmp, project, run dir): a tiny classification run with DataLoader workers at their default."""
-    tmp = tmp_path_factory.mktemp("predict-cls")
-    project = make_color_project(tmp / "colors")
-    run_dir = tmp / "run"
-    result = run_train(["data=project", f"data.project={project}", "hardware=cpu", "data.image_size=16",
-                        "data.batch_size=8", "model=resnet18", "trainer.max_epochs=2",
-                        "callbacks.progress_bar.kind=none", f"hydra.run.dir={run_dir}"], tmp)
-    assert result.returncode == 0, result.stderr[-3000:]
-    return tmp, project, run_dir
+def classifier(tiny_classifier_run) -> tuple[Path, Path, Path]:
+    return tiny_classifier_run
 
 
 @pytest.mark.slow

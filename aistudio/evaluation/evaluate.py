@@ -86,7 +86,7 @@ def _test(config: dict[str, Any], project: Project, checkpoint: Path, split: str
     pl.seed_everything(int(config.get("seed", 0)), workers=True, verbose=False)
     datamodule = build_datamodule(config, project)
     datamodule.test_split = split
-    module, saved = load_trained_module(config, project, checkpoint)
+    module, _, saved = load_trained_module(config, checkpoint, project)
     results = build_evaluation_trainer(config).test(module, datamodule=datamodule, verbose=False)
     metrics = {f"{split}_{k.removeprefix('test_')}": float(v) for k, v in (results[0] if results else {}).items()}
     examples = collect_examples(module, datamodule.eval_dataset(split), datamodule.collate_fn, config["data"])

@@ -48,7 +48,7 @@ def export_run(run: TrainedRun, fmt: str, ckpt: str = "best", overrides: list[st
     from aistudio.evaluation.loading import load_trained_module
     from aistudio.training.console import tidy_library_output
 
-    module, saved = load_trained_module(config, project, checkpoint)
+    module, _, saved = load_trained_module(config, checkpoint, project)
     spec = module.export_spec()
     if fmt not in spec.formats:
         raise AistudioError(f"format={fmt} is not available for {config['task']['name']} "

@@ -147,12 +147,13 @@ def report_failure(image: InputImage, reason: str) -> None:
 def predict(job: PredictionJob, on_failure: Callable[[InputImage, str], None] | None = report_failure) -> dict[str, Any]:
     """Run the job; returns summary.json's content (also written into ``job.out``). ``on_failure`` is
     called for each image that cannot be read, as it happens."""
-    from aistudio.evaluation.prediction_model import load_task_module, run_predictions
+    from aistudio.evaluation.loading import load_trained_module
+    from aistudio.evaluation.prediction_model import run_predictions
     from aistudio.training.console import tidy_library_output
 
     started = time.perf_counter()
     tidy_library_output()
-    module, classes = load_task_module(job.config, job.checkpoint)
+    module, classes, _ = load_trained_module(job.config, job.checkpoint)
     options = job.options
     folder = job.out.open()
     try:

@@ -37,26 +37,6 @@ DETECTION_TASKS = ("detection", "instance_segmentation")
 Failure = Callable[[InputImage, str], None]
 
 
-def load_task_module(config: dict[str, Any], checkpoint: Path) -> tuple[Any, list[str]]:
-    """The run's task module rebuilt from ``config`` through training's build path, with the checkpoint's
-    weights, and the class names it was trained on."""
-    from aistudio.training.fit import build_module
-
-    state = torch.load(checkpoint, map_location="cpu", weights_only=False)
-    hparams = state.get("hyper_parameters") or {}
-    classes = list(hparams.get("class_names") or (state.get("aistudio") or {}).get("class_names") or [])
-    if not classes:
-        raise AistudioError(f"{checkpoint} records no class names — it is not a checkpoint of an aistudio run")
-    module = build_module(config, classes, hparams.get("class_counts") or [1] * len(classes))
-    try:
-        module.load_state_dict(state["state_dict"])
-    except RuntimeError as err:  # a model.* override that changes the architecture
-        raise AistudioError(f"{checkpoint} does not fit the model built from the run's config.json with these "
-                            f"overrides — drop the model.* overrides that change its layers "
-                            f"({str(err).splitlines()[0]})") from None
-    return module, classes
-
-
 def failure_reason(error: Exception) -> str:
     """``<path>: cannot decode this image (...) — replace the file...`` -> ``cannot decode this image (...)``:
     the file is named beside it, and the dataset.json advice does not fit every input."""

@@ -69,13 +69,14 @@ def run_bare(run_dir: Path, source: Path, batch_size: int) -> dict[str, Any]:
     import torch
     from hydra.utils import instantiate
 
+    from aistudio.evaluation.loading import load_trained_module
     from aistudio.evaluation.prediction_inputs import resolve_inputs
-    from aistudio.evaluation.prediction_model import PredictionDataset, load_task_module
+    from aistudio.evaluation.prediction_model import PredictionDataset
     from aistudio.evaluation.trained_run import open_run
 
     run = open_run(str(run_dir))
     config = run.config
-    module, _ = load_task_module(config, run.checkpoint("best"))
+    module, _, _ = load_trained_module(config, run.checkpoint("best"))
     model = module.model.eval()
     files = [i.file for i in resolve_inputs(str(source), "all", config["data"]).images]
     dataset = PredictionDataset(files, instantiate(config["data"]["eval_transform"], _convert_="all"), int(config["data"]["channels"]))
