@@ -207,6 +207,14 @@ def test_unreadable_images_travel_beside_the_batch(tmp_path):
 
 
 # -- predict.py on real runs -------------------------------------------------------------------------
+def trained_images(run_dir: Path) -> list[Path]:
+    """The images of the project the run trained on (where it lives depends on AISTUDIO_DATA_DIR)."""
+    dataset = Path(json.loads((run_dir / "run.json").read_text())["dataset"]["file"])
+    images = sorted((dataset.parent / "images").glob("*.png"))
+    assert images, f"no images beside {dataset}"
+    return images
+
+
 def predict(tmp: Path, run_dir: Path, *args: str):
     return run_entry("predict.py", [f"run={run_dir}", *args], tmp, timeout=300)
 
@@ -292,7 +300,7 @@ def test_detections_are_coco_results_in_the_original_image(detector):
     from pycocotools.coco import COCO
 
     tmp, run_dir = detector
-    shapes = sorted((tmp / "datasets").glob("shapes-64-16-*/images/*.png"))[:5]
+    shapes = trained_images(run_dir)[:5]
     folder = tmp / "photos"
     folder.mkdir()
     for i, source in enumerate(shapes):  # other sizes than the run trained on
@@ -335,7 +343,7 @@ def segmenter(tmp_path_factory) -> tuple[Path, Path]:
 @pytest.mark.slow
 def test_label_maps_have_the_original_size_and_class_values(segmenter):
     tmp, run_dir = segmenter
-    shapes = sorted((tmp / "datasets").glob("shapes-64-16-*/images/*.png"))[:3]
+    shapes = trained_images(run_dir)[:3]
     folder = tmp / "scans"
     for i, source in enumerate(shapes):
         (folder / "deep").mkdir(parents=True, exist_ok=True)
