@@ -1,4 +1,4 @@
-"""Predict with a trained run: ``python predict.py run=<run dir | id | prefix | latest>
+"""Predict with a trained run: ``python predict.py run=<run dir | id | prefix | latest | exported .onnx>
 input=<image | folder | dataset.json> [out=<folder>] [ckpt=best|last|<path>] [batch_size=N] [topk=5]
 [score_threshold=0.05] [save_overlays=true] [mask_format=index|values] [split=all|train|val|test]``.
 

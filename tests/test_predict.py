@@ -30,7 +30,7 @@ from aistudio.evaluation.prediction_writers import (
     PredictedImage,
     draw_overlay,
 )
-from tests.helpers import make_color_project, run_entry, run_train
+from tests.helpers import assert_onnx_export_matches, make_color_project, run_entry, run_train
 
 CLASSES = ["red", "green", "blue"]
 CLASSIFICATION_DATA = {"task": "classification", "split_index": 0,
@@ -283,6 +283,36 @@ def test_bad_input_is_one_error_and_writes_nothing(classifier, tmp_path):
     assert after == before
 
 
+@pytest.mark.slow
+def test_an_exported_onnx_file_predicts_what_its_run_predicts(classifier, tmp_path):
+    tmp, project, run_dir = classifier
+    onnx = run_dir / "export" / "resnet18-best.onnx"
+    if not onnx.is_file():  # the export test may have made it already
+        assert_onnx_export_matches(run_dir, tmp)
+    dataset = f"input={project / 'dataset.json'}"
+    result = predict(tmp, run_dir, dataset, "split=test", f"out={tmp_path / 'by-run'}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    result = predict(tmp, onnx, dataset, "split=test", "data.num_workers=2")  # its config takes overrides too
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = run_dir / "predictions" / "colors-test-resnet18-best.onnx"  # beside the run it came from
+    expected = {r["file"]: r for r in csv.DictReader((tmp_path / "by-run" / "predictions.csv").open())}
+    found = {r["file"]: r for r in csv.DictReader((out / "predictions.csv").open())}
+    assert set(found) == set(expected) and len(found) == 6
+    for name, row in found.items():
+        assert row["label"] == expected[name]["label"] and abs(float(row["score"]) - float(expected[name]["score"])) < 1e-3
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["checkpoint"] == {"name": "onnx", "path": "export/resnet18-best.onnx"}
+    assert summary["timing"]["runtime"].startswith("onnxruntime") and summary["timing"]["num_workers"] == 2
+    assert summary["classes"] == list(CLASSES)
+    # without its export record, or with a checkpoint choice, the file is refused with the way out
+    alone = tmp_path / "alone.onnx"
+    shutil.copy(onnx, alone)
+    for source, args, message in ((alone, [], "alone.json is missing or is not an export record"),
+                                  (onnx, ["ckpt=last"], "ckpt=last: an exported file holds one set of weights")):
+        result = predict(tmp, source, dataset, *args)
+        assert result.returncode == 1 and message in result.stderr and "Traceback" not in result.stderr, result.stderr
+
+
 @pytest.fixture(scope="module")
 def detector(tmp_path_factory) -> tuple[Path, Path]:
     tmp = tmp_path_factory.mktemp("predict-det")
@@ -295,22 +325,30 @@ def detector(tmp_path_factory) -> tuple[Path, Path]:
     return tmp, run_dir
 
 
+# an eval pipeline that resizes: boxes come back scaled from 64x64 to each image's size
+RESIZE_TO_64 = ("data.eval_transform.transforms=[{_target_:albumentations.Resize,height:64,width:64},"
+                "{_target_:albumentations.ToFloat,max_value:255},{_target_:albumentations.pytorch.ToTensorV2}]")
+
+
+def photos(tmp: Path, run_dir: Path) -> Path:
+    """Five of the run's images at other sizes than it trained on (made once per module)."""
+    folder = tmp / "photos"
+    if not folder.is_dir():
+        folder.mkdir()
+        for i, source in enumerate(trained_images(run_dir)[:5]):
+            cv2.imwrite(str(folder / f"{i}.jpg"), cv2.resize(cv2.imread(str(source)), (96 + 8 * i, 72)))
+    return folder
+
+
 @pytest.mark.slow
 def test_detections_are_coco_results_in_the_original_image(detector):
     from pycocotools.coco import COCO
 
     tmp, run_dir = detector
-    shapes = trained_images(run_dir)[:5]
-    folder = tmp / "photos"
-    folder.mkdir()
-    for i, source in enumerate(shapes):  # other sizes than the run trained on
-        cv2.imwrite(str(folder / f"{i}.jpg"), cv2.resize(cv2.imread(str(source)), (96 + 8 * i, 72)))
-    # an eval pipeline that resizes: boxes come back scaled from 64x64 to each image's size
-    resize = ("data.eval_transform.transforms=[{_target_:albumentations.Resize,height:64,width:64},"
-              "{_target_:albumentations.ToFloat,max_value:255},{_target_:albumentations.pytorch.ToTensorV2}]")
+    folder = photos(tmp, run_dir)
     out = tmp / "det-out"
     result = predict(tmp, run_dir, f"input={folder}", f"out={out}", "score_threshold=0", "save_overlays=true",
-                     "overlay_threshold=0", resize)
+                     "overlay_threshold=0", RESIZE_TO_64)
     assert result.returncode == 0, result.stderr[-3000:]
     coco = COCO(str(out / "images.json"))
     results = json.loads((out / "predictions.json").read_text())
@@ -327,6 +365,27 @@ def test_detections_are_coco_results_in_the_original_image(detector):
     for i in range(5):
         overlay = cv2.imread(str(out / "overlays" / f"{i}.jpg"))
         assert overlay is not None and overlay.shape == (72, 96 + 8 * i, 3)
+
+
+@pytest.mark.slow
+def test_an_exported_detector_predicts_the_same_boxes_as_its_run(detector):
+    tmp, run_dir = detector
+    folder = photos(tmp, run_dir)
+    record = assert_onnx_export_matches(run_dir, tmp)  # one image of any size in
+    common = [f"input={folder}", "score_threshold=0.05", RESIZE_TO_64]
+    by_run, by_file = tmp / "det-run", tmp / "det-onnx"
+    for source, out in ((run_dir, by_run), (run_dir / "export" / record["file"], by_file)):
+        result = predict(tmp, source, f"out={out}", *common)
+        assert result.returncode == 0, result.stderr[-3000:]
+    expected = json.loads((by_run / "predictions.json").read_text())
+    found = json.loads((by_file / "predictions.json").read_text())
+    assert expected and abs(len(found) - len(expected)) <= 1  # a score at the threshold may fall either side
+    for r in found:  # each detection of the file is one of the run's: same image and class, box within 0.5 px
+        assert any(e["image_id"] == r["image_id"] and e["category_id"] == r["category_id"]
+                   and np.abs(np.subtract(e["bbox"], r["bbox"])).max() < 0.5 and abs(e["score"] - r["score"]) < 0.01
+                   for e in expected) or r["score"] < 0.06, r
+    summary = json.loads((by_file / "summary.json").read_text())
+    assert summary["timing"]["runtime"].startswith("onnxruntime") and summary["checkpoint"]["name"] == "onnx"
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,6 @@ from __future__ import annotations
 import logging
 import time
 import warnings
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +26,7 @@ from aistudio import AistudioError
 from aistudio.data.project import Project, project_from_config
 from aistudio.evaluation.trained_run import TrainedRun, apply_overrides
 from aistudio.runs.atomic import atomic_write_json
-from aistudio.runs.record import utc_now
+from aistudio.runs.record import package_versions, utc_now
 
 log = logging.getLogger("aistudio.export")
 EXPORT_DIR = "export"
@@ -133,19 +132,18 @@ def _check(spec: Any, images: list[Any], target: Path, fmt: str) -> dict[str, An
                     worst = max(worst, float(np.abs(a.astype(np.float64) - e).max()))
                     atol = ATOL if spec.batched else DETECTION_ATOL
                     differences.append(bool(np.all(np.abs(a - e) <= atol + RTOL * np.abs(e))))
-    runtime = ("onnxruntime " + metadata.version("onnxruntime") + " CPUExecutionProvider" if fmt == "onnx"
-               else "torch.jit.load in this process")
+    from aistudio.evaluation.onnx_network import runtime_name
+
+    runtime = runtime_name() if fmt == "onnx" else "torch.jit.load in this process"
     return {"images": len(images), "batch": len(images) if spec.batched else 1, "runtime": runtime,
             "max_abs_diff": worst, "atol": ATOL if spec.batched else DETECTION_ATOL, "rtol": RTOL,
             "same_output_shapes": counts_match, "passed": counts_match and all(differences)}
 
 
 def _onnx_runner(target: Path) -> Any:
-    try:
-        import onnxruntime
-    except ImportError:
-        raise AistudioError("the ONNX check needs onnxruntime: pip install -e '.[export]'") from None
-    session = onnxruntime.InferenceSession(str(target), providers=["CPUExecutionProvider"])
+    from aistudio.evaluation.onnx_network import onnx_session
+
+    session = onnx_session(target, "the ONNX check")
     name = session.get_inputs()[0].name
     return lambda x: session.run(None, {name: x.numpy()})
 
@@ -177,12 +175,4 @@ def _input_spec(spec: Any, config: dict[str, Any], images: list[Any]) -> dict[st
 
 
 def _versions(fmt: str) -> dict[str, str | None]:
-    names = ["torch", "torchvision"] + (["onnx", "onnxruntime"] if fmt == "onnx" else [])
-    found: dict[str, str | None] = {}
-    for name in names:
-        try:
-            found[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            found[name] = None
-    return found
-
+    return package_versions(["torch", "torchvision"] + (["onnx", "onnxruntime"] if fmt == "onnx" else []))

@@ -1,4 +1,5 @@
-"""Predict with a trained run on new images: ``python predict.py run=<run> input=<image | folder | dataset.json>``.
+"""Predict with a trained run on new images: ``python predict.py run=<run> input=<image | folder | dataset.json>``,
+or with a file the run was exported to (``run=<file.onnx>``, :mod:`aistudio.evaluation.exported_model`).
 
 :func:`prepare` checks everything a user can get wrong — the run, the checkpoint, the options, the input
 (a missing path, an empty folder, a dataset.json that does not validate), the output folder — before
@@ -22,6 +23,7 @@ from typing import Any
 
 from aistudio import AistudioError, user_path
 from aistudio.data.project import dataset_file
+from aistudio.evaluation.exported_model import ExportedModel
 from aistudio.evaluation.prediction_inputs import InputImage, PredictionInputs, resolve_inputs
 from aistudio.evaluation.prediction_writers import (
     MASK_FORMATS,
@@ -76,11 +78,11 @@ class PredictOptions:
 class PredictionJob:
     """A checked prediction, ready to run (nothing written yet)."""
 
-    run: TrainedRun
-    config: dict[str, Any]  # the run's config with the overrides
+    run: TrainedRun | ExportedModel
+    config: dict[str, Any]  # the run's config (or the export's) with the overrides
     task: str
     ckpt: str
-    checkpoint: Path
+    checkpoint: Path  # or the .onnx file
     inputs: PredictionInputs
     out: OutputFolder
     options: PredictOptions
@@ -93,7 +95,7 @@ class PredictionJob:
         return int(self.options.batch_size or data.get("eval_batch_size") or data.get("batch_size") or 1)
 
 
-def prepare(run: TrainedRun, input: Any, ckpt: str = "best", split: str = "all", out: str | None = None,
+def prepare(run: TrainedRun | ExportedModel, input: Any, ckpt: str = "best", split: str = "all", out: str | None = None,
             options: PredictOptions | None = None, overrides: list[str] | None = None) -> PredictionJob:
     """Check everything before any heavy import (see the module docstring)."""
     options = (options or PredictOptions()).checked()
@@ -106,18 +108,22 @@ def prepare(run: TrainedRun, input: Any, ckpt: str = "best", split: str = "all",
     if options.mask_format == "values" and task != "semantic_segmentation":
         raise AistudioError(f"mask_format=values: only semantic segmentation writes label images (run {run.name} "
                             f"is {task}) — leave mask_format=index")
-    checkpoint = run.checkpoint(str(ckpt))
+    exported = isinstance(run, ExportedModel)
+    checkpoint = run.file if exported else run.checkpoint(str(ckpt))
     target = user_path(out) if out else None
     inputs = resolve_inputs(input, str(split), config["data"], exclude=target or run.run_dir / PREDICTIONS_DIR)
-    target = target or default_output(run, inputs, str(ckpt))
-    mask_values = training_mask_values(run, config) if options.mask_format == "values" else None
-    return PredictionJob(run, config, task, str(ckpt), checkpoint, inputs, OutputFolder(target), options,
+    label = run.name if exported else (str(ckpt) if ckpt in ("best", "last") else Path(str(ckpt)).stem)
+    target = target or default_output(run, inputs, label)
+    mask_values = None
+    if options.mask_format == "values":
+        mask_values = run.mask_values if exported else training_mask_values(run, config)
+    return PredictionJob(run, config, task, "onnx" if exported else str(ckpt), checkpoint, inputs, OutputFolder(target), options,
                          overrides, mask_values)
 
 
-def default_output(run: TrainedRun, inputs: PredictionInputs, ckpt: str) -> Path:
-    """``<run>/predictions/<input name>[-<split>]-<ckpt>``."""
-    label = ckpt if ckpt in ("best", "last") else Path(ckpt).stem
+def default_output(run: TrainedRun | ExportedModel, inputs: PredictionInputs, label: str) -> Path:
+    """``<run>/predictions/<input name>[-<split>]-<label>`` (``label``: best, last, a checkpoint's stem, or
+    the exported file's name)."""
     name = inputs.label + (f"-{inputs.split}" if inputs.split != "all" else "") + f"-{label}"
     return run.run_dir / PREDICTIONS_DIR / re.sub(r"[^0-9A-Za-z_.=,-]+", "_", name)
 
@@ -153,7 +159,14 @@ def predict(job: PredictionJob, on_failure: Callable[[InputImage, str], None] | 
 
     started = time.perf_counter()
     tidy_library_output()
-    module, classes, _ = load_trained_module(job.config, job.checkpoint)
+    if isinstance(job.run, ExportedModel):
+        from aistudio.evaluation.onnx_network import OnnxTaskNetwork, runtime_name
+
+        module, classes = OnnxTaskNetwork(job.checkpoint, job.task), job.run.classes
+        runtime = runtime_name()
+    else:
+        module, classes, _ = load_trained_module(job.config, job.checkpoint)
+        runtime = "torch"
     options = job.options
     folder = job.out.open()
     try:
@@ -161,6 +174,7 @@ def predict(job: PredictionJob, on_failure: Callable[[InputImage, str], None] | 
                                save_overlays=options.save_overlays, overlay_threshold=options.overlay_threshold,
                                mask_values=job.mask_values)
         result = run_predictions(job.config, module, job.task, job.inputs.images, writers, job.batch_size, on_failure)
+        result["runtime"] = runtime
         outputs: dict[str, Any] = {}
         for writer in writers:
             written = writer.close()
@@ -189,7 +203,7 @@ def _summary(job: PredictionJob, classes: list[str], result: dict[str, Any], out
                        "images_per_s": round(result["predicted"] / seconds, 2) if seconds > 0 else None,
                        "total_s": round(total_s, 3), "batch_size": result["batch_size"],
                        "num_workers": result["num_workers"], "device": result["device"],
-                       "precision": result["precision"]},
+                       "precision": result["precision"], "runtime": result["runtime"]},
             "options": asdict(job.options), "overrides": job.overrides,
             "outputs": {**outputs, "files": [*outputs.get("files", []), SUMMARY_FILE]},
             "created_at": utc_now()}

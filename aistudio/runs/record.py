@@ -47,9 +47,10 @@ def new_run_id() -> str:
     return f"{datetime.now():%Y%m%d-%H%M%S}-{uuid.uuid4().hex[:6]}"
 
 
-def package_versions() -> dict[str, str | None]:
+def package_versions(names: tuple[str, ...] | list[str] = _TRACKED_PACKAGES) -> dict[str, str | None]:
+    """Python's version and the installed version of each package (None: not installed)."""
     versions: dict[str, str | None] = {"python": platform.python_version()}
-    for name in _TRACKED_PACKAGES:
+    for name in names:
         try:
             versions[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
@@ -93,7 +94,10 @@ class RunRecord:
         run_dir = Path(run_dir).resolve()
         existing = read_json(run_dir / RUN_FILE)
         now = utc_now()
-        if existing:
+        adopted = bool(existing) and awaiting_start(existing)
+        if adopted:  # written by a launcher for this process: the same run, not another attempt
+            data = existing
+        elif existing:
             data = existing
             history = data.setdefault("history", [])
             previous = {k: data.get(k) for k in ("attempt", "status", "started_at", "ended_at", "error")}
@@ -126,7 +130,8 @@ class RunRecord:
             }
         data.update(
             status="pending",
-            pending_at=now,  # this attempt's start (started_at: when training began)
+            # this attempt's start (started_at: when training began); an adopted run's is the request's
+            pending_at=data.get("pending_at") if adopted else now,
             run_dir=str(run_dir),
             command=shlex.join([os.path.basename(sys.executable), *sys.argv]),
             argv=list(sys.argv),
@@ -174,11 +179,19 @@ class RunRecord:
     def mark_completed(self, **fields: Any) -> None:
         self._finish("completed", **fields)
 
-    def mark_failed(self, error: BaseException) -> None:
-        self._finish("failed", error=describe_error(error))
+    def mark_failed(self, error: BaseException | dict[str, Any]) -> None:
+        """``error``: the exception, or an already described one (type, message, traceback)."""
+        self._finish("failed", error=error if isinstance(error, dict) else describe_error(error))
 
     def mark_interrupted(self, reason: str) -> None:
         self._finish("interrupted", error={"type": "Interrupted", "message": reason, "traceback": None})
+
+
+def awaiting_start(data: dict[str, Any]) -> bool:
+    """Whether run.json is a record a launcher (``aistudio serve``) wrote for a run it is starting: pending,
+    marked ``launch``, never started. The train.py it spawns in that directory takes the record over (same
+    id, created_at, experiment) instead of refusing the directory as taken or counting a second attempt."""
+    return data.get("status") == "pending" and bool(data.get("launch")) and not data.get("started_at")
 
 
 def _seconds_between(start: str | None, end: str | None) -> float | None:
