@@ -107,11 +107,13 @@ def test_a_data_override_changes_the_split_it_reports(trained):
     (["ckpt=missing.ckpt"], "no checkpoint at missing.ckpt"),
     (["split=holdout"], "split=holdout: use one of train, val, test"),
     (["data.project=/nowhere"], "dataset folder not found"),
+    (["data.project={broken}"], "2 problem(s) found, nothing was evaluated"),
 ])
-def test_bad_input_is_one_error_and_writes_nothing(trained, args, message):
+def test_bad_input_is_one_error_and_writes_nothing(trained, args, message, tmp_path):
     tmp, _, run_dir = trained
+    (tmp_path / "dataset.json").write_text('{"version": 1, "classes": ["red"], "images": [{"file": "a.png"}]}')
     before = sorted((run_dir / "eval").glob("*.json")) if (run_dir / "eval").is_dir() else []
-    result = run_entry("eval.py", [f"run={run_dir}", *args], tmp)
+    result = run_entry("eval.py", [f"run={run_dir}", *(a.format(broken=tmp_path) for a in args)], tmp)
     assert result.returncode == 1 and message in result.stderr, result.stderr[-2000:]
     assert "Traceback" not in result.stderr
     assert (sorted((run_dir / "eval").glob("*.json")) if (run_dir / "eval").is_dir() else []) == before

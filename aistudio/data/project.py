@@ -60,7 +60,8 @@ log = logging.getLogger("aistudio.data.datamodule")  # the run log's name for da
 class DatasetError(AistudioError):
     """One or more problems in a dataset.json project, all reported at once."""
 
-    def __init__(self, source: str | Path, problems: list[str] | None = None):
+    def __init__(self, source: str | Path, problems: list[str] | None = None, outcome: str = "nothing was trained"):
+        self.outcome = outcome  # what the program using the project did not do (eval: "nothing was evaluated")
         if problems is None:  # torch re-raising it from a DataLoader worker: the message alone
             message = str(source)
             if "Original Traceback" in message:
@@ -73,12 +74,16 @@ class DatasetError(AistudioError):
         super().__init__(self._summary())
 
     def _summary(self) -> str:
-        lines = [f"{self.source}: {len(self.problems)} problem(s) found, nothing was trained:"]
+        lines = [f"{self.source}: {len(self.problems)} problem(s) found, {self.outcome}:"]
         shown = self.problems[:30]
         lines += [f"  - {p}" for p in shown]
         if len(self.problems) > len(shown):
             lines.append(f"  ... and {len(self.problems) - len(shown)} more (the run log lists every one)")
         return "\n".join(lines)
+
+    def saying(self, outcome: str) -> DatasetError:
+        """The same problems, told by another program: ``saying("nothing was exported")``."""
+        return DatasetError(self.source, self.problems, outcome) if self.source else self
 
 
 @dataclass(frozen=True)

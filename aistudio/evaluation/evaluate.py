@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from aistudio import AistudioError
-from aistudio.data.project import SPLITS, Project, project_from_config
-from aistudio.evaluation.trained_run import TrainedRun, apply_overrides
+from aistudio.data.project import SPLITS, Project
+from aistudio.evaluation.trained_run import TrainedRun, apply_overrides, project_of
 from aistudio.run_layout import EVAL_DIR
 from aistudio.runs.atomic import atomic_write_json
 from aistudio.runs.record import utc_now
@@ -41,7 +41,7 @@ def evaluate(run: TrainedRun, ckpt: str = "best", split: str = "test", overrides
     config = apply_overrides(run.config, overrides)
     if split not in SPLITS:
         raise AistudioError(f"split={split}: use one of {', '.join(SPLITS)}")
-    project = project_from_config(config["data"])  # every dataset problem at once, before torch
+    project = project_of(config["data"], "nothing was evaluated")  # every dataset problem at once, before torch
     if not project.split(split):
         raise AistudioError(f"split={split} is empty in {project.source} with data.split_index="
                             f"{project.split_index} — evaluate another split or choose another data.split_index")

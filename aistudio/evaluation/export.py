@@ -23,8 +23,8 @@ from typing import Any
 import numpy as np
 
 from aistudio import AistudioError
-from aistudio.data.project import Project, project_from_config
-from aistudio.evaluation.trained_run import TrainedRun, apply_overrides
+from aistudio.data.project import Project
+from aistudio.evaluation.trained_run import TrainedRun, apply_overrides, project_of
 from aistudio.runs.atomic import atomic_write_json
 from aistudio.runs.record import package_versions, utc_now
 
@@ -42,7 +42,7 @@ def export_run(run: TrainedRun, fmt: str, ckpt: str = "best", overrides: list[st
         raise AistudioError(f"format={fmt}: use one of {', '.join(SUFFIXES)}")
     overrides = list(overrides or [])
     config = apply_overrides(run.config, overrides)
-    project = project_from_config(config["data"])
+    project = project_of(config["data"], "nothing was exported")
     checkpoint = run.checkpoint(ckpt)
     from aistudio.evaluation.loading import load_trained_module
     from aistudio.training.console import tidy_library_output

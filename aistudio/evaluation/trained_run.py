@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from aistudio import AistudioError
+from aistudio.data.project import DatasetError, Project, project_from_config
 from aistudio.run_layout import BEST_CHECKPOINT, CONFIG_FILE, LAST_CHECKPOINT, RUN_FILE
 from aistudio.runs.atomic import read_json
 from aistudio.runs.catalog import find_run
@@ -85,3 +86,12 @@ def _parent_node(config: dict[str, Any], parts: list[str], line: str, create: bo
             node[part] = {}
         node = node[part]
     return node
+
+
+def project_of(data_config: dict[str, Any], outcome: str) -> Project:
+    """The validated project of a run's (overridden) data config; its problems are reported as what this
+    program did not do (``outcome``: "nothing was evaluated"), not as training's."""
+    try:
+        return project_from_config(data_config)
+    except DatasetError as err:
+        raise err.saying(outcome) from None
