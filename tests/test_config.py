@@ -116,7 +116,8 @@ def test_augmentation_pipelines_give_normalised_tensors(compose_cfg, name):
 
 def test_hardware_options_resolve(compose_cfg):
     assert instantiate(compose_cfg("hardware=cpu").hardware) == {
-        "accelerator": "cpu", "devices": 1, "strategy": "auto", "num_nodes": 1, "precision": "32-true"}
+        "accelerator": "cpu", "devices": 1, "strategy": "auto", "num_nodes": 1, "precision": "32-true",
+        "speed": {"channels_last": False, "compile": None, "matmul_precision": "high"}}
     auto = instantiate(compose_cfg("hardware=auto").hardware)
     assert auto["accelerator"] == ("gpu" if torch.cuda.is_available() else "cpu")
     if not torch.cuda.is_available():

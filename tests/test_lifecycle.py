@@ -325,6 +325,12 @@ def test_a_nan_loss_fails_the_run_naming_step_and_batch(tmp_path, color_project)
     assert "loss is nan at step 0 (epoch 0, batch 0)" in failed.stderr and "Traceback" not in failed.stderr
     record = load_run(tmp_path / "fail")
     assert record["status"] == "failed" and "step 0" in record["error"]["message"]
+    # checked every 2 steps (a GPU's default is 50: no host sync per step): still the step where it began
+    deferred = run_train([*args, "task.module.non_finite_check_every=2", f"hydra.run.dir={tmp_path / 'every2'}"],
+                         tmp_path)
+    assert deferred.returncode == 1 and "loss is nan at step 0 (epoch 0, batch 0; seen at step 1, checked every 2)" \
+        in deferred.stderr, deferred.stderr[-2000:]
+    assert load_run(tmp_path / "every2")["status"] == "failed"
 
     skipped = run_train([*args, "task.module.non_finite_loss=skip", f"hydra.run.dir={tmp_path / 'skip'}"], tmp_path)
     assert skipped.returncode == 1 and "20 batches in a row were skipped" in skipped.stderr

@@ -58,7 +58,7 @@ class ProjectDataModule(pl.LightningDataModule):
                  eval_transform: Callable[..., Any] | None = None,
                  collate_fn: Callable[..., Any] | None = None, check_images: str = "header",
                  pin_memory: bool | str = "auto", drop_last: bool = False, horizontal_flip: float = 0.5,
-                 seed: int = 0):
+                 seed: int = 0, persistent_workers: bool = True, prefetch_factor: int = 2):
         super().__init__()
         if project is None or str(project) in ("", "???"):
             raise AistudioError("data.project is not set — pass the folder holding dataset.json: data.project=/path")
@@ -79,6 +79,10 @@ class ProjectDataModule(pl.LightningDataModule):
         self.collate_fn = collate_fn
         self.check_images = check_images
         self.pin_memory = pin_memory
+        self.persistent_workers = bool(persistent_workers)
+        self.prefetch_factor = int(prefetch_factor)
+        if self.prefetch_factor < 1:
+            raise AistudioError(f"data.prefetch_factor={prefetch_factor}: takes a number of batches, at least 1")
         self.drop_last = drop_last
         self.horizontal_flip = float(horizontal_flip)
         self.seed = int(seed)
@@ -141,7 +145,8 @@ class ProjectDataModule(pl.LightningDataModule):
             batch_size=self.batch_size if split == "train" else self.eval_batch_size,
             sampler=sampler,
             num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
+            persistent_workers=self.persistent_workers and self.num_workers > 0,
+            prefetch_factor=self.prefetch_factor if self.num_workers > 0 else None,
             pin_memory=pin,
             collate_fn=self.collate_fn,
             drop_last=drop_last,

@@ -22,6 +22,7 @@ from aistudio.training.schedulers import build_scheduler
 log = logging.getLogger(__name__)
 
 NON_FINITE_POLICIES = ("fail", "skip")
+DEFERRED_CHECK_STEPS = 50  # fail policy on a GPU: steps between reads of the on-device non-finite flag
 MAX_SKIPPED_IN_A_ROW = 20  # a run that only produces NaN has diverged: skipping forever would hide it
 
 
@@ -34,16 +35,23 @@ class TaskModule(pl.LightningModule):
 
     def __init__(self, model: dict[str, Any], optimizer: dict[str, Any], scheduler: dict[str, Any] | None = None,
                  class_names: list[str] | None = None, freeze_backbone_epochs: int = 0,
-                 backbone_lr_scale: float = 1.0, non_finite_loss: str = "fail", class_counts: list[int] | None = None):
+                 backbone_lr_scale: float = 1.0, non_finite_loss: str = "fail", class_counts: list[int] | None = None,
+                 non_finite_check_every: int | str = "auto"):
         super().__init__()
         if non_finite_loss not in NON_FINITE_POLICIES:
             raise AistudioError(f"task.module.non_finite_loss={non_finite_loss!r}: use one of {', '.join(NON_FINITE_POLICIES)}")
+        if non_finite_check_every != "auto" and (isinstance(non_finite_check_every, bool)
+                                                 or not str(non_finite_check_every).isdigit()
+                                                 or int(non_finite_check_every) < 1):
+            raise AistudioError(f"task.module.non_finite_check_every={non_finite_check_every!r}: use auto or a "
+                                "number of steps (1: every step)")
         self.save_hyperparameters()
         self.class_names = list(class_names or [])
         self.class_counts = list(class_counts) if class_counts else None  # train split, per class
         self.model = instantiate(model)
         self._backbone_frozen = False
         self._skipped_in_a_row = 0
+        self._first_non_finite: torch.Tensor | None = None  # (step, epoch, batch, loss) on the device; step -1: none
         # per-class figures of the last test run ({"per_class": {class: {...}}, ...}): eval.py writes them
         self.test_report: dict[str, Any] = {}
 
@@ -92,10 +100,40 @@ class TaskModule(pl.LightningModule):
                     module.eval()
         return self
 
+    def log_loss(self, stage: str, loss: torch.Tensor, batch_size: int, name: str = "loss") -> None:
+        """``<stage>_<name>``: the epoch mean, averaged over DDP processes at the epoch's end (the only
+        sync); in training also ``train_<name>_step``, this process's value of the step, for the
+        progress bar and the step curves (no sync)."""
+        if stage == "train":
+            self.log(f"train_{name}_step", loss, on_step=True, on_epoch=False, prog_bar=name == "loss",
+                     batch_size=batch_size)
+        self.log(f"{stage}_{name}", loss, on_step=False, on_epoch=True, prog_bar=stage != "train" and name == "loss",
+                 batch_size=batch_size, sync_dist=True)
+
     # -- non-finite loss ----------------------------------------------------------------------------
+    def non_finite_interval(self, device: torch.device) -> int:
+        """Steps between reads of the non-finite flag: with ``fail`` on a GPU, ``auto`` reads it every
+        :data:`DEFERRED_CHECK_STEPS` steps, so no step waits for the device; on a CPU (nothing to wait
+        for) and with ``skip`` (which must decide before the backward pass, as AMP's GradScaler does) every step."""
+        every = self.hparams.get("non_finite_check_every", "auto")
+        if self.hparams.non_finite_loss == "skip":
+            return 1
+        if every == "auto":
+            return 1 if device.type == "cpu" else DEFERRED_CHECK_STEPS
+        return int(every)
+
     def checked_loss(self, loss: torch.Tensor, batch_idx: int) -> torch.Tensor | None:
         """``loss``, or per ``non_finite_loss``: stop the run naming step and batch (``fail``), or skip
-        the batch — no backward, no optimizer step — by returning None (``skip``)."""
+        the batch — no backward, no optimizer step — by returning None (``skip``). With ``fail`` checked
+        every N > 1 steps, the first non-finite loss is recorded on the device and the run stops at the
+        next check, naming the step where it happened (the steps between trained on a NaN; the run is
+        failed either way, and no checkpoint is written between checks inside an epoch)."""
+        every = self.non_finite_interval(loss.device)
+        if every > 1:
+            self._record_non_finite(loss.detach(), batch_idx)
+            if (batch_idx + 1) % every == 0 or self.trainer.is_last_batch:
+                self._raise_recorded_non_finite()
+            return loss
         if bool(torch.isfinite(loss)):
             self._skipped_in_a_row = 0
             return loss
@@ -109,6 +147,29 @@ class TaskModule(pl.LightningModule):
         advice = (f"{MAX_SKIPPED_IN_A_ROW} batches in a row were skipped; " if self._skipped_in_a_row else "")
         raise NonFiniteLossError(f"{where} — {advice}lower optimizer.lr (now {lr}), set trainer.gradient_clip_val, "
                                  "check the data, or skip such batches with task.module.non_finite_loss=skip")
+
+    def _record_non_finite(self, loss: torch.Tensor, batch_idx: int) -> None:
+        """Keep the first non-finite loss's (step, epoch, batch, value) on the device: no host sync."""
+        if self._first_non_finite is None or self._first_non_finite.device != loss.device:
+            self._first_non_finite = torch.full((4,), -1.0, dtype=torch.float64, device=loss.device)
+        seen = self._first_non_finite
+        now = torch.tensor([self.global_step, self.current_epoch, batch_idx, 0.0], dtype=torch.float64)
+        now = now.to(loss.device, non_blocking=True)
+        now[3] = loss.to(torch.float64)
+        first = (seen[0] < 0) & ~torch.isfinite(loss)
+        self._first_non_finite = torch.where(first, now, seen)
+
+    def _raise_recorded_non_finite(self) -> None:
+        if self._first_non_finite is None:
+            return
+        step, epoch, batch, value = self._first_non_finite.tolist()  # the one host read every N steps
+        if step < 0:
+            return
+        lr = (self.hparams.optimizer or {}).get("lr")
+        raise NonFiniteLossError(f"loss is {value} at step {int(step)} (epoch {int(epoch)}, batch {int(batch)}; seen "
+                                 f"at step {self.global_step}, checked every {self.non_finite_interval(self.device)}) "
+                                 f"— lower optimizer.lr (now {lr}), set trainer.gradient_clip_val, check the data, or "
+                                 "skip such batches with task.module.non_finite_loss=skip")
 
     # -- optimisation --------------------------------------------------------------------------------
     def configure_optimizers(self) -> Any:
@@ -172,8 +233,7 @@ class MetricCollectionTask(TaskModule):
         metrics.update(predictions, targets)
         if stage == "test" and self.test_confusion is not None:
             self.test_confusion.update(predictions, targets)
-        self.log(f"{stage}_loss", loss, on_step=stage == "train", on_epoch=True, prog_bar=True,
-                 batch_size=len(targets))
+        self.log_loss(stage, loss, len(targets))
         return loss
 
     def _log_epoch_metrics(self, metrics: MetricCollection) -> None:

@@ -29,9 +29,10 @@ class ClassificationModule(MetricCollectionTask):
     def __init__(self, model: dict[str, Any], optimizer: dict[str, Any], scheduler: dict[str, Any] | None = None,
                  class_names: list[str] | None = None, label_smoothing: float = 0.0,
                  class_weights: ClassWeights = None, freeze_backbone_epochs: int = 0,
-                 backbone_lr_scale: float = 1.0, non_finite_loss: str = "fail", class_counts: list[int] | None = None):
+                 backbone_lr_scale: float = 1.0, non_finite_loss: str = "fail", class_counts: list[int] | None = None,
+                 non_finite_check_every: int | str = "auto"):
         super().__init__(model, optimizer, scheduler, class_names, freeze_backbone_epochs, backbone_lr_scale,
-                         non_finite_loss, class_counts)
+                         non_finite_loss, class_counts, non_finite_check_every)
         num_classes = int(model["num_classes"])
         weights = class_weights_for(class_weights, class_counts, num_classes)  # counts: images per class
         weight = torch.tensor(weights, dtype=torch.float32) if weights else None

@@ -39,9 +39,10 @@ class DetectionModule(TaskModule):
     def __init__(self, model: dict[str, Any], optimizer: dict[str, Any], scheduler: dict[str, Any] | None = None,
                  class_names: list[str] | None = None, freeze_backbone_epochs: int = 0,
                  backbone_lr_scale: float = 1.0, iou_types: list[str] | tuple[str, ...] = ("bbox",),
-                 mask_threshold: float = 0.5, non_finite_loss: str = "fail", class_counts: list[int] | None = None):
+                 mask_threshold: float = 0.5, non_finite_loss: str = "fail", class_counts: list[int] | None = None,
+                 non_finite_check_every: int | str = "auto"):
         super().__init__(model, optimizer, scheduler, class_names, freeze_backbone_epochs, backbone_lr_scale,
-                         non_finite_loss, class_counts)
+                         non_finite_loss, class_counts, non_finite_check_every)
         self.iou_types = tuple(iou_types)
         self.mask_threshold = mask_threshold
         self.val_map, self.val_map50 = self._map(), self._map(iou_thresholds=[0.5])
@@ -84,9 +85,9 @@ class DetectionModule(TaskModule):
         losses = self.model(images, targets)
         loss = sum(losses.values())
         size = len(images)
-        self.log("train_loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=size)
+        self.log_loss("train", loss, size)
         for name, value in losses.items():
-            self.log(f"train_{name}", value, on_step=False, on_epoch=True, batch_size=size)
+            self.log(f"train_{name}", value, on_step=False, on_epoch=True, batch_size=size, sync_dist=True)
         return self.checked_loss(loss, batch_idx)
 
     def _predictions(self, images: list[torch.Tensor]) -> list[dict[str, torch.Tensor]]:

@@ -49,9 +49,10 @@ class SemanticSegmentationModule(MetricCollectionTask):
                  class_names: list[str] | None = None, ignore_index: int = 255, dice_weight: float = 0.0,
                  aux_weight: float = 0.5, label_smoothing: float = 0.0, class_weights: ClassWeights = None,
                  freeze_backbone_epochs: int = 0, backbone_lr_scale: float = 1.0, non_finite_loss: str = "fail",
-                 class_counts: list[int] | None = None):
+                 class_counts: list[int] | None = None,
+                 non_finite_check_every: int | str = "auto"):
         super().__init__(model, optimizer, scheduler, class_names, freeze_backbone_epochs, backbone_lr_scale,
-                         non_finite_loss, class_counts)
+                         non_finite_loss, class_counts, non_finite_check_every)
         num_classes = int(model["num_classes"])
         # the project's counts are per image label, which mask projects do not have: no `balanced` here
         weights = class_weights_for(class_weights, None, num_classes)

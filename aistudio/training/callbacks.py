@@ -19,6 +19,7 @@ from lightning.pytorch.callbacks import Callback
 from aistudio.run_layout import METRICS_FILE
 from aistudio.runs.atomic import atomic_write_json, read_json
 from aistudio.runs.record import RunRecord, utc_now
+from aistudio.training.speed import SpeedSettings
 
 log = logging.getLogger("aistudio.train")
 
@@ -70,6 +71,9 @@ class RunDirectoryCallback(Callback):
         previous = read_json(self.path, default=[]) or []
         self.entries = [e for e in previous if int(e.get("epoch", -1)) < trainer.current_epoch]
         self._fit_started = time.monotonic()
+        speed = next((c.applied for c in trainer.callbacks if isinstance(c, SpeedSettings)), None)
+        if self.record is not None and speed:  # what the hardware speed settings did, as measured
+            self.record.update(speed=speed)
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._epoch_started = time.monotonic()

@@ -10,6 +10,7 @@ from hydra.utils import instantiate
 
 from aistudio.training.callbacks import RunDirectoryCallback
 from aistudio.training.checkpoint import AtomicCheckpointIO
+from aistudio.training.speed import SpeedSettings
 
 
 def instantiate_all(group: Mapping[str, Any] | None) -> list[Any]:
@@ -33,6 +34,7 @@ def build_trainer(config: Mapping[str, Any], run_callback: RunDirectoryCallback,
     if not loggers:  # logger=none: Lightning refuses an LR monitor without a logger; metrics.json has the lr
         callbacks = [c for c in callbacks if not isinstance(c, pl.callbacks.LearningRateMonitor)]
     hardware = instantiate(config["hardware"])
+    callbacks.append(SpeedSettings(**hardware.pop("speed", {})))
     has_bar = any(isinstance(c, pl.callbacks.ProgressBar) for c in callbacks)
     checkpoint_io = instantiate(config["checkpoint_io"]) if config.get("checkpoint_io") else AtomicCheckpointIO()
     return instantiate(config["trainer"], callbacks=callbacks, logger=loggers or False, plugins=[checkpoint_io],
@@ -48,10 +50,11 @@ def build_evaluation_trainer(config: Mapping[str, Any], extra_callbacks: Iterabl
     again). ``limit_test_batches`` is kept so an evaluation of a run reproduces its recorded test.
     ``extra_callbacks``: e.g. predict.py's writer."""
     hardware = instantiate(config["hardware"])
+    speed = {**hardware.pop("speed", {}), "compile": None}  # channels-last and matmul precision, not compiled
     devices = hardware["devices"]
     hardware.update(devices=devices[:1] if isinstance(devices, list) else 1, strategy="auto", num_nodes=1)
     bar = (config.get("callbacks") or {}).get("progress_bar")
-    callbacks = instantiate_all({"progress_bar": bar}) + list(extra_callbacks)
+    callbacks = instantiate_all({"progress_bar": bar}) + [SpeedSettings(**speed), *extra_callbacks]
     has_bar = any(isinstance(c, pl.callbacks.ProgressBar) for c in callbacks)  # kind=log is a plain callback
     trainer = config.get("trainer") or {}
     settings = {k: trainer[k] for k in EVALUATION_TRAINER_KEYS if trainer.get(k) is not None}

@@ -1,0 +1,47 @@
+"""Speed settings of ``hardware`` that are not Trainer arguments: channels-last memory format,
+``torch.compile`` of the network, and the float32 matmul precision (TF32 on Ampere and later GPUs).
+
+They are applied by a callback when a stage starts, to the task's network (``module.model``) only, so
+the checkpoint's keys stay those of the plain model (``nn.Module.compile`` compiles in place, unlike
+``torch.compile(module)`` which wraps it) and eval.py, predict.py and export.py load it unchanged.
+What was applied is recorded (``applied``) for run.json.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+
+log = logging.getLogger(__name__)
+
+class SpeedSettings(pl.Callback):
+    """Applies ``hardware.channels_last`` / ``compile`` / ``matmul_precision`` when a stage starts."""
+
+    def __init__(self, channels_last: bool = False, compile: str | None = None, matmul_precision: str = "high"):
+        self.channels_last = bool(channels_last)
+        self.compile = compile  # a torch.compile mode, or None (checked by resolve_hardware)
+        self.matmul_precision = str(matmul_precision)
+        self.applied: dict[str, Any] = {}
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        torch.set_float32_matmul_precision(self.matmul_precision)
+        network = getattr(pl_module, "model", None)
+        if not isinstance(network, torch.nn.Module):
+            return
+        if self.channels_last:  # 4-D weights NHWC; inputs follow from the first convolution on
+            network.to(memory_format=torch.channels_last)
+        if self.compile and stage == "fit" and not getattr(network, "_compiled_call_impl", None):
+            network.compile(mode=self.compile)  # in place: the state_dict keys do not change
+        self.applied = {"channels_last": self.channels_last and _is_channels_last(network),
+                        "compile": self.compile, "matmul_precision": torch.get_float32_matmul_precision(),
+                        "cudnn_benchmark": bool(torch.backends.cudnn.benchmark)}
+        log.debug("speed settings: %s", self.applied)
+
+
+def _is_channels_last(network: torch.nn.Module) -> bool:
+    """Whether the network's 4-D weights are in channels-last layout (the effect checked, not the flag)."""
+    weights = [p for p in network.parameters() if p.dim() == 4 and p.shape[1] > 1 and p.shape[2] * p.shape[3] > 1]
+    return bool(weights) and all(p.is_contiguous(memory_format=torch.channels_last) for p in weights)

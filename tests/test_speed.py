@@ -1,0 +1,82 @@
+"""Speed knobs take effect: hardware.channels_last / compile / matmul_precision, trainer.benchmark,
+bf16-mixed on CPU, the weight EMA (callbacks.ema), and the DataLoader's workers settings."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from aistudio import AistudioError
+from aistudio.data.datamodule import ProjectDataModule
+from aistudio.runs.record import load_run
+from aistudio.training.hardware import resolve_hardware
+from aistudio.training.speed import SpeedSettings
+from tests.helpers import assert_eval_reproduces_test, run_train
+
+
+def test_hardware_speed_settings_are_resolved_and_checked():
+    resolved = resolve_hardware("cpu", channels_last=True, compile=True, matmul_precision="highest")
+    assert resolved["speed"] == {"channels_last": True, "compile": "default", "matmul_precision": "highest"}
+    assert resolve_hardware("cpu", compile="max-autotune")["speed"]["compile"] == "max-autotune"
+    assert resolve_hardware("cpu")["speed"] == {"channels_last": False, "compile": None, "matmul_precision": "high"}
+    with pytest.raises(AistudioError, match="hardware.compile=fast: use false, true or a torch.compile mode"):
+        resolve_hardware("cpu", compile="fast")
+    with pytest.raises(AistudioError, match="hardware.matmul_precision=low: use one of highest, high, medium"):
+        resolve_hardware("cpu", matmul_precision="low")
+
+
+def test_compile_is_in_place_so_checkpoints_keep_the_plain_model_keys():
+    from aistudio.tasks.classification import ClassificationModule
+
+    model = {"_target_": "aistudio.models.classification.build_classifier", "name": "resnet18", "num_classes": 3,
+             "weights": None}
+    module = ClassificationModule(model, {"_target_": "torch.optim.SGD", "_partial_": True, "lr": 0.1})
+    keys = list(module.state_dict())
+    before = torch.get_float32_matmul_precision()
+    try:
+        settings = SpeedSettings(channels_last=True, compile="default", matmul_precision="medium")
+        settings.setup(None, module, "fit")  # type: ignore[arg-type]
+        assert module.model._compiled_call_impl is not None and list(module.state_dict()) == keys
+        assert module.model.conv1.weight.is_contiguous(memory_format=torch.channels_last)
+        assert settings.applied["channels_last"] and settings.applied["compile"] == "default"
+        assert torch.get_float32_matmul_precision() == "medium"
+    finally:
+        torch.set_float32_matmul_precision(before)
+
+
+def test_dataloader_worker_settings_reach_the_loader(color_project):
+    import albumentations as A
+    from albumentations.pytorch import ToTensorV2
+
+    from aistudio.data.classification import ClassificationDataset
+
+    def loader(**kwargs):
+        pipeline = A.Compose([A.Resize(16, 16), A.Normalize(), ToTensorV2()])
+        return ProjectDataModule(color_project, dataset=ClassificationDataset, batch_size=4, num_workers=1,
+                                 eval_transform=pipeline, **kwargs).val_dataloader()
+
+    assert (loader().persistent_workers, loader().prefetch_factor) == (True, 2)
+    chosen = loader(persistent_workers=False, prefetch_factor=4)
+    assert (chosen.persistent_workers, chosen.prefetch_factor) == (False, 4)
+    with pytest.raises(AistudioError, match="data.prefetch_factor=0"):
+        loader(prefetch_factor=0)
+
+
+@pytest.mark.slow
+def test_a_run_with_every_speed_knob_records_them_and_its_ema_checkpoint_evaluates_the_same(tmp_path, color_project):
+    run_dir = tmp_path / "run"
+    result = run_train(["data=project", f"data.project={color_project}", "hardware=cpu", "data.image_size=32",
+                        "data.batch_size=8", "model=resnet18", "callbacks.progress_bar.kind=none", "plots=false",
+                        "trainer.max_epochs=2", "hardware.precision=bf16-mixed", "hardware.channels_last=true",
+                        "hardware.matmul_precision=highest", "trainer.benchmark=true", "callbacks.ema.decay=0.5",
+                        "data.prefetch_factor=3", f"hydra.run.dir={run_dir}"], tmp_path)  # default workers on
+    assert result.returncode == 0, result.stderr[-3000:]
+    record = load_run(run_dir)
+    assert record["status"] == "completed"
+    assert record["speed"] == {"channels_last": True, "compile": None, "matmul_precision": "highest",
+                               "cudnn_benchmark": True}
+    checkpoint = torch.load(run_dir / "checkpoints" / "best.ckpt", map_location="cpu", weights_only=False)
+    averaged, live = checkpoint["state_dict"], checkpoint["current_model_state"]
+    assert "averaging_state" in checkpoint and set(averaged) == set(live)
+    assert not torch.equal(averaged["model.fc.weight"], live["model.fc.weight"])  # the average is what is saved
+    assert_eval_reproduces_test(run_dir, tmp_path)  # tested with the averaged weights, as eval.py loads them
