@@ -1,6 +1,6 @@
 """The package's layering, checked on the source: imports only run down a layer, cli stays thin.
 
-cli -> tasks / training / sweeps / evaluation -> data / runs / models -> core (the top-level modules). Lazy imports
+cli -> tasks / training / sweeps / evaluation / server -> data / runs / models -> core (the top-level modules). Lazy imports
 inside functions count too: they are dependencies all the same.
 """
 
@@ -10,8 +10,8 @@ import ast
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parent.parent / "aistudio"
-LAYERS = {"cli": 3, "tasks": 2, "training": 2, "sweeps": 2, "evaluation": 2, "data": 1, "runs": 1, "models": 1,
-          "plots": 1}
+LAYERS = {"cli": 3, "tasks": 2, "training": 2, "sweeps": 2, "evaluation": 2, "server": 2, "data": 1, "runs": 1,
+          "models": 1, "plots": 1}
 CORE = 0  # aistudio/__init__.py, config.py, devices.py, overrides.py, run_layout.py
 MAX_CLI_FUNCTION_LINES = 60
 

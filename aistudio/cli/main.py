@@ -1,4 +1,5 @@
-"""The ``aistudio`` command: dataset import, project checks and run management (training is ``python train.py``)."""
+"""The ``aistudio`` command: dataset import, project checks, run management and the training service (``serve``);
+training itself is ``python train.py``."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from pathlib import Path
 
 from aistudio import AistudioError
 from aistudio.cli.runs import add_runs_parser
+from aistudio.cli.serve import add_serve_parser
 
 
 def _next_steps(path: Path, task: str | None = None) -> None:
@@ -135,6 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
     validate.set_defaults(func=_validate)
 
     add_runs_parser(commands)
+    add_serve_parser(commands)
     return parser
 
 

@@ -15,7 +15,6 @@ import sys
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import OmegaConfBaseException
 
 from aistudio import AistudioError, user_error
 from aistudio.cli.hydra_job import is_sweep_job, parallel_sweep_job, remove_unused_run_dir
@@ -23,7 +22,7 @@ from aistudio.config import config_summary, resolve_config
 from aistudio.data.project import Project, project_from_config
 from aistudio.run_layout import RUN_FILE
 from aistudio.runs.failures import quoted_settings
-from aistudio.runs.lock import RunLock, device_set
+from aistudio.runs.lock import RunLock, run_lock
 from aistudio.runs.rank import global_rank
 from aistudio.runs.resume import resume_checkpoint
 from aistudio.runs.session import RunSession
@@ -114,11 +113,6 @@ def _lock_for(cfg: DictConfig) -> RunLock | None:
     (SLURM) and jobs of a parallel launcher (joblib), which share the devices because the user asked for
     parallel jobs. When the two values it needs cannot be resolved, the run fails on that right after
     it is recorded, before anything is built. An impossible device setting is refused here."""
-    if not cfg.get("exclusive", True) or os.environ.get("SLURM_JOB_ID") or parallel_sweep_job():
+    if os.environ.get("SLURM_JOB_ID") or parallel_sweep_job():
         return None
-    try:
-        project = OmegaConf.to_container(cfg.data, resolve=True).get("project")  # type: ignore[union-attr]
-        hardware = OmegaConf.to_container(cfg.hardware, resolve=True) if cfg.get("hardware") else {}
-    except OmegaConfBaseException:
-        return None
-    return RunLock(project, device_set(hardware or {}))  # type: ignore[arg-type]
+    return run_lock(cfg)

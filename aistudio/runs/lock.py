@@ -18,8 +18,12 @@ import hashlib
 import json
 import os
 import socket
+import struct
 from pathlib import Path
 from typing import Any, NoReturn
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 from aistudio import AistudioError, user_path
 from aistudio.runs.atomic import atomic_write_json, read_json
@@ -48,6 +52,21 @@ def device_set(hardware: dict[str, Any]) -> str:
     from aistudio.devices import resolve_devices
 
     return resolve_devices(hardware.get("selected_devices", "auto"), hardware.get("cpu_processes", 1)).key
+
+
+def run_lock(cfg: DictConfig, lock_dir: str | Path | None = None) -> RunLock | None:
+    """The lock a run of the composed config ``cfg`` takes: its project and device set, resolved as train.py
+    resolves them, so train.py and the service name the same lock file. None with ``exclusive=false``, or
+    when the two values cannot be resolved yet (the run then fails on that itself, right after it is
+    recorded). An impossible device setting raises :class:`AistudioError`."""
+    if not cfg.get("exclusive", True):
+        return None
+    try:
+        project = OmegaConf.to_container(cfg.data, resolve=True).get("project")  # type: ignore[union-attr]
+        hardware = OmegaConf.to_container(cfg.hardware, resolve=True) if cfg.get("hardware") else {}
+    except OmegaConfBaseException:
+        return None
+    return RunLock(project, device_set(hardware or {}), lock_dir)  # type: ignore[arg-type]
 
 
 class RunLock:
@@ -81,12 +100,35 @@ class RunLock:
                                            "devices": self.devices, "started_at": utc_now()})
 
     def _refuse(self) -> NoReturn:
-        holder = read_json(self.info_path, default={}) or {}
-        raise AistudioError(
+        raise self.busy_error(read_json(self.info_path, default={}) or {}) from None
+
+    def busy_error(self, holder: dict[str, Any]) -> AistudioError:
+        """The refusal, naming the active run (``holder``: the JSON record beside the lock)."""
+        return AistudioError(
             f"another training run is active on this project and devices ({self.devices}): "
             f"{holder.get('run_dir', '?')} (run {holder.get('run_id', '?')}, pid {holder.get('pid', '?')} on "
             f"{holder.get('host', '?')}, started {holder.get('started_at', '?')}) — wait for it to end or stop "
-            f"it (aistudio runs list), or pass exclusive=false to share the devices on purpose") from None
+            f"it (aistudio runs list), or pass exclusive=false to share the devices on purpose")
+
+    def holder(self) -> dict[str, Any] | None:
+        """Who holds the lock (its JSON record; ``{}`` when unreadable), or None when it is free.
+
+        Asked with ``F_GETLK``, without taking the lock: a run starting at that very moment is never
+        refused because someone asked (the service checks before it spawns train.py)."""
+        if self.path in _HELD:
+            return read_json(self.info_path, default={}) or {}
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return None
+        try:
+            # struct flock on 64-bit Linux: l_type, l_whence, l_start, l_len, l_pid (+ padding)
+            query = struct.pack("hhqqi4x", fcntl.F_WRLCK, os.SEEK_SET, 0, 0, 0)
+            answer = fcntl.fcntl(fd, fcntl.F_GETLK, query)
+            held = struct.unpack("hhqqi4x", answer)[0] != fcntl.F_UNLCK
+        finally:
+            os.close(fd)  # we hold no lock on this file, so closing drops nothing
+        return (read_json(self.info_path, default={}) or {}) if held else None
 
     def release(self) -> None:
         if self._fd is None:

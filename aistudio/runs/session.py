@@ -18,6 +18,8 @@ raises anything else                                   ``failed`` with the trace
 
 Only global rank 0 records and locks (other DDP ranks get signals and the same mapping). A refused
 start (the lock is held, the directory already holds another run) raises before anything is written.
+A pending record that a launcher wrote for this process (``aistudio serve``: the run exists from the
+click on) is taken over as this run (:func:`~aistudio.runs.record.awaiting_start`).
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ from aistudio.runs.failures import explain_failure
 from aistudio.runs.heartbeat import Heartbeat
 from aistudio.runs.lock import RunLock
 from aistudio.runs.rank import global_rank
-from aistudio.runs.record import HEARTBEAT_INTERVAL_S, RunRecord, new_run_id
+from aistudio.runs.record import HEARTBEAT_INTERVAL_S, RunRecord, awaiting_start, new_run_id
 from aistudio.runs.resume import slurm_fields, slurm_requeued
 from aistudio.runs.stop import StopSignals, stopped_by
 
@@ -75,11 +77,11 @@ class RunSession:
         return self
 
     def _open_record(self) -> RunRecord:
-        run_file = self.run_dir / RUN_FILE
-        if self.checkpoint is None and run_file.exists() and not self.resuming:
+        existing = read_json(self.run_dir / RUN_FILE)
+        if self.checkpoint is None and existing is not None and not self.resuming and not awaiting_start(existing):
             raise AistudioError(f"{self.run_dir} already holds a run; choose another hydra.run.dir or "
                                 f"resume={self.run_dir}")
-        run_id = (read_json(run_file) or {}).get("id") or new_run_id()
+        run_id = (existing or {}).get("id") or new_run_id()
         if self.lock:  # before any record is touched: a refused start writes nothing
             self.lock.acquire(self.run_dir, run_id)
         try:
