@@ -1,7 +1,7 @@
 """Export a trained run for deployment: ``python export.py run=<run dir | id | prefix | latest>
 format=onnx|torchscript [ckpt=best|last|<path>] [opset=17]``.
 
-Writes ``export/<model>-<ckpt>.onnx`` (or ``.pt``) and ``export/<model>-<ckpt>.json`` (input spec, opset,
+Writes ``export/<model>-<ckpt>.onnx`` (or ``.pt``) and ``export/<model>-<ckpt>.<suffix>.json`` (input spec, opset,
 parity check against PyTorch on validation images). Only Hydra is imported here.
 """
 

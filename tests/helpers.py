@@ -151,7 +151,7 @@ class TerminalRun:
 
 
 def assert_onnx_export_matches(run_dir: Path, tmp: Path) -> dict[str, Any]:
-    """``export.py run=<run_dir> format=onnx`` passes its parity check; returns export/<name>.json."""
+    """``export.py run=<run_dir> format=onnx`` passes its parity check; returns export/<file>.onnx.json."""
     result = run_entry("export.py", [f"run={run_dir}", "format=onnx"], tmp, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     records = [json.loads(p.read_text()) for p in (run_dir / "export").glob("*.json")]

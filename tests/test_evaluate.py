@@ -133,8 +133,9 @@ def test_onnx_and_torchscript_exports_match_pytorch_and_reload_in_a_fresh_proces
     assert onnx_record["input"]["preprocessing"]["mean"] == [0.485, 0.456, 0.406]
     result = run_entry("export.py", [f"run={run_dir}", "format=torchscript"], tmp)
     assert result.returncode == 0, result.stderr[-3000:]
-    script = json.loads((run_dir / "export" / "resnet18-best.json").read_text())
+    script = json.loads((run_dir / "export" / "resnet18-best.pt.json").read_text())
     assert script["format"] == "torchscript" and script["check"]["passed"]
+    assert json.loads((run_dir / "export" / "resnet18-best.onnx.json").read_text())["format"] == "onnx"  # each keeps its own
     # a fresh process without aistudio: the TorchScript file and the ONNX file agree on a batch of 5
     probe = (
         "import sys, warnings, numpy as np, torch, onnxruntime as ort\n"

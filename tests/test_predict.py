@@ -307,7 +307,7 @@ def test_an_exported_onnx_file_predicts_what_its_run_predicts(classifier, tmp_pa
     # without its export record, or with a checkpoint choice, the file is refused with the way out
     alone = tmp_path / "alone.onnx"
     shutil.copy(onnx, alone)
-    for source, args, message in ((alone, [], "alone.json is missing or is not an export record"),
+    for source, args, message in ((alone, [], "alone.onnx.json is missing or is not an export record"),
                                   (onnx, ["ckpt=last"], "ckpt=last: an exported file holds one set of weights")):
         result = predict(tmp, source, dataset, *args)
         assert result.returncode == 1 and message in result.stderr and "Traceback" not in result.stderr, result.stderr

@@ -5,7 +5,7 @@ The network comes from the task (:meth:`TaskModule.export_spec`): classifiers an
 export is run on real validation images (the run's eval transforms) and compared with PyTorch: ONNX
 through onnxruntime's CPU provider, TorchScript by reloading the saved file. The check, the opset and
 the input spec (with the preprocessing a deployment must repeat) are written beside the file as
-``export/<name>.json``; a failed check keeps both files and exits non-zero.
+``export/<file>.json`` (``resnet18-best.onnx.json``); a failed check keeps both files and exits non-zero.
 
 ONNX uses torch's TorchScript-based exporter (``dynamo=False``): torchvision's detectors export through
 it, and one exporter for every task keeps the files comparable. TorchScript itself is deprecated by
@@ -24,6 +24,7 @@ import numpy as np
 
 from aistudio import AistudioError
 from aistudio.data.project import Project
+from aistudio.evaluation.exported_model import export_record_path
 from aistudio.evaluation.trained_run import TrainedRun, apply_overrides, project_of
 from aistudio.runs.atomic import atomic_write_json
 from aistudio.runs.record import package_versions, utc_now
@@ -37,7 +38,7 @@ DETECTION_ATOL = 1e-2  # box corners in pixels and scores: NMS and RoIAlign kern
 
 def export_run(run: TrainedRun, fmt: str, ckpt: str = "best", overrides: list[str] | None = None,
                opset: int = 17, check_images: int = 8, out: str | Path | None = None) -> dict[str, Any]:
-    """Export ``run``'s ``ckpt`` as ``fmt``, check it, write ``<name>.<suffix>`` and ``<name>.json``."""
+    """Export ``run``'s ``ckpt`` as ``fmt``, check it, write ``<name>.<suffix>`` and ``<name>.<suffix>.json``."""
     if fmt not in SUFFIXES:
         raise AistudioError(f"format={fmt}: use one of {', '.join(SUFFIXES)}")
     overrides = list(overrides or [])
@@ -69,7 +70,7 @@ def export_run(run: TrainedRun, fmt: str, ckpt: str = "best", overrides: list[st
               "input": _input_spec(spec, config, images), "outputs": spec.outputs, "check": check,
               "overrides": overrides, "versions": _versions(fmt), "created_at": utc_now(),
               "duration_s": round(time.perf_counter() - started, 3)}
-    atomic_write_json(target.with_suffix(".json"), record)
+    atomic_write_json(export_record_path(target), record)
     return record
 
 

@@ -1,6 +1,6 @@
 """An exported ``.onnx`` file opened for prediction without its run: ``predict.py run=<file.onnx>``.
 
-What a deployment needs besides the graph is in the ``<name>.json`` export.py wrote beside it: the task,
+What a deployment needs besides the graph is in the ``<file>.json`` export.py wrote beside it: the task,
 the class names, the dataset's mask values and the preprocessing (channels, the eval transform). From
 those this module makes the small config predict.py runs on (the same keys a run's config.json has), so
 the inputs, the DataLoader and the writers are the ones a run uses. Checked before torch is imported.
@@ -20,6 +20,12 @@ EXPORT_SUFFIX = ".onnx"  # what predict.py runs from a file (TorchScript files: 
 CPU_HARDWARE = {"_target_": "aistudio.training.hardware.resolve_hardware", "selected_devices": "cpu",
                 "precision": "32-true"}  # onnxruntime's CPU provider: the Trainer only drives the loop
 DEFAULT_BATCH_SIZE = 32  # exports record no batch size; classifiers and segmenters take any
+
+
+def export_record_path(file: Path) -> Path:
+    """``resnet18-best.onnx`` -> ``resnet18-best.onnx.json``: one record per exported file (an ONNX and a
+    TorchScript export of the same checkpoint each keep theirs)."""
+    return file.with_name(file.name + ".json")
 
 
 def is_exported_file(reference: str) -> bool:
@@ -87,7 +93,7 @@ def open_exported(reference: str, ckpt: str = "best") -> ExportedModel:
     if ckpt != "best":
         raise AistudioError(f"ckpt={ckpt}: an exported file holds one set of weights already — leave ckpt out, or "
                             "predict with the run (run=<id> ckpt=...)")
-    sidecar = file.with_suffix(".json")
+    sidecar = export_record_path(file)
     record = read_json(sidecar, default=None)
     if not isinstance(record, dict) or not {"task", "classes", "input"} <= set(record):
         raise AistudioError(f"run={reference}: {sidecar.name} is missing or is not an export record, so the task, "
