@@ -6,7 +6,6 @@ import hashlib
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -65,14 +64,9 @@ def test_per_class_figures_from_a_confusion_matrix():
 
 
 # -- a real run, evaluated as users do ------------------------------------------------------------
-@pytest.fixture(scope="module")
-def trained(tiny_classifier_run) -> tuple[Path, Path, Path]:
-    return tiny_classifier_run
-
-
 @pytest.mark.slow
-def test_eval_reproduces_the_recorded_test_with_per_class_figures(trained):
-    tmp, project, run_dir = trained
+def test_eval_reproduces_the_recorded_test_with_per_class_figures(tiny_classifier_run):
+    tmp, project, run_dir = tiny_classifier_run
     evaluation = assert_eval_reproduces_test(run_dir, tmp)
     matrix = torch.tensor(evaluation["confusion_matrix"])
     assert list(evaluation["per_class"]) == ["red", "green", "blue"] and int(matrix.sum()) == 6  # 2 test images each
@@ -86,8 +80,8 @@ def test_eval_reproduces_the_recorded_test_with_per_class_figures(trained):
 
 
 @pytest.mark.slow
-def test_a_data_override_changes_the_split_it_reports(trained):
-    tmp, project, run_dir = trained
+def test_a_data_override_changes_the_split_it_reports(tiny_classifier_run):
+    tmp, project, run_dir = tiny_classifier_run
     result = run_entry("eval.py", [f"run={run_dir}", "split=val", "data.split_index=1"], tmp)
     assert result.returncode == 0, result.stderr[-3000:]
     evaluation = json.loads((run_dir / "eval" / "val-best-data.split_index=1.json").read_text())
@@ -109,8 +103,8 @@ def test_a_data_override_changes_the_split_it_reports(trained):
     (["data.project=/nowhere"], "dataset folder not found"),
     (["data.project={broken}"], "2 problem(s) found, nothing was evaluated"),
 ])
-def test_bad_input_is_one_error_and_writes_nothing(trained, args, message, tmp_path):
-    tmp, _, run_dir = trained
+def test_bad_input_is_one_error_and_writes_nothing(tiny_classifier_run, args, message, tmp_path):
+    tmp, _, run_dir = tiny_classifier_run
     (tmp_path / "dataset.json").write_text('{"version": 1, "classes": ["red"], "images": [{"file": "a.png"}]}')
     before = sorted((run_dir / "eval").glob("*.json")) if (run_dir / "eval").is_dir() else []
     result = run_entry("eval.py", [f"run={run_dir}", *(a.format(broken=tmp_path) for a in args)], tmp)
@@ -126,8 +120,8 @@ def test_an_unknown_run_is_named(tmp_path):
 
 # -- export ----------------------------------------------------------------------------------------
 @pytest.mark.slow
-def test_onnx_and_torchscript_exports_match_pytorch_and_reload_in_a_fresh_process(trained):
-    tmp, _, run_dir = trained
+def test_onnx_and_torchscript_exports_match_pytorch_and_reload_in_a_fresh_process(tiny_classifier_run):
+    tmp, _, run_dir = tiny_classifier_run
     onnx_record = assert_onnx_export_matches(run_dir, tmp)
     assert onnx_record["input"]["shape"] == ["batch", 3, 16, 16] and onnx_record["classes"] == ["red", "green", "blue"]
     assert onnx_record["input"]["preprocessing"]["mean"] == [0.485, 0.456, 0.406]
@@ -160,11 +154,11 @@ def test_export_format_is_checked_before_anything_is_built(tmp_path):
 
 # -- pictures ---------------------------------------------------------------------------------------
 @pytest.mark.slow
-def test_a_finished_run_has_plots_and_tensorboard_images_with_an_hparams_entry(trained):
+def test_a_finished_run_has_plots_and_tensorboard_images_with_an_hparams_entry(tiny_classifier_run):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
     from tensorboard.plugins.hparams import plugin_data_pb2
 
-    _, _, run_dir = trained
+    _, _, run_dir = tiny_classifier_run
     names = {"training_curves", "test_confusion_matrix", "test_examples"}
     assert all(is_png(run_dir / "plots" / f"{name}.png") for name in names)
     events = EventAccumulator(str(run_dir / "tensorboard"), size_guidance={"images": 0})

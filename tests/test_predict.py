@@ -219,14 +219,9 @@ def predict(tmp: Path, run_dir: Path, *args: str):
     return run_entry("predict.py", [f"run={run_dir}", *args], tmp, timeout=300)
 
 
-@pytest.fixture(scope="module")
-def classifier(tiny_classifier_run) -> tuple[Path, Path, Path]:
-    return tiny_classifier_run
-
-
 @pytest.mark.slow
-def test_a_corrupt_file_is_reported_and_skipped(classifier):
-    tmp, project, run_dir = classifier
+def test_a_corrupt_file_is_reported_and_skipped(tiny_classifier_run):
+    tmp, project, run_dir = tiny_classifier_run
     folder = tmp / "new"
     sources = sorted((project / "img").glob("*.png"))[:9]
     for i, source in enumerate(sources):
@@ -253,8 +248,8 @@ def test_a_corrupt_file_is_reported_and_skipped(classifier):
 
 
 @pytest.mark.slow
-def test_top1_on_the_test_split_agrees_with_the_recorded_test_accuracy(classifier):
-    tmp, project, run_dir = classifier
+def test_top1_on_the_test_split_agrees_with_the_recorded_test_accuracy(tiny_classifier_run):
+    tmp, project, run_dir = tiny_classifier_run
     result = predict(tmp, run_dir, f"input={project / 'dataset.json'}", "split=test")
     assert result.returncode == 0, result.stderr[-3000:]
     rows = list(csv.DictReader((run_dir / "predictions" / "colors-test-best" / "predictions.csv").open()))
@@ -267,8 +262,8 @@ def test_top1_on_the_test_split_agrees_with_the_recorded_test_accuracy(classifie
 
 
 @pytest.mark.slow
-def test_bad_input_is_one_error_and_writes_nothing(classifier, tmp_path):
-    tmp, _, run_dir = classifier
+def test_bad_input_is_one_error_and_writes_nothing(tiny_classifier_run, tmp_path):
+    tmp, _, run_dir = tiny_classifier_run
     (tmp_path / "empty").mkdir()
     broken_project(tmp_path / "broken")
     before = sorted(p.name for p in (run_dir / "predictions").iterdir()) if (run_dir / "predictions").exists() else []
@@ -284,8 +279,8 @@ def test_bad_input_is_one_error_and_writes_nothing(classifier, tmp_path):
 
 
 @pytest.mark.slow
-def test_an_exported_onnx_file_predicts_what_its_run_predicts(classifier, tmp_path):
-    tmp, project, run_dir = classifier
+def test_an_exported_onnx_file_predicts_what_its_run_predicts(tiny_classifier_run, tmp_path):
+    tmp, project, run_dir = tiny_classifier_run
     onnx = run_dir / "export" / "resnet18-best.onnx"
     if not onnx.is_file():  # the export test may have made it already
         assert_onnx_export_matches(run_dir, tmp)
