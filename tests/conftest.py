@@ -24,6 +24,14 @@ def data_dir(tmp_path_factory) -> Path:
     return path
 
 
+@pytest.fixture(scope="session", autouse=True)
+def check_cache_dir(tmp_path_factory) -> Path:
+    """The image check cache of the session (train.py subprocesses inherit it): never ~/.cache/aistudio."""
+    path = tmp_path_factory.mktemp("checks")
+    os.environ["AISTUDIO_CACHE_DIR"] = str(path)
+    return path
+
+
 @pytest.fixture()
 def color_project(tmp_path) -> Path:
     return make_color_project(tmp_path / "colors")

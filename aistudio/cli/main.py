@@ -7,6 +7,7 @@ import argparse
 import logging
 import sys
 from pathlib import Path
+from typing import Any
 
 from aistudio import AistudioError
 from aistudio.cli.runs import add_runs_parser
@@ -85,12 +86,24 @@ def _validate(args: argparse.Namespace) -> int | None:
           f"split {args.split_index}: {counts}" + (f", {len(project.warnings)} warning(s)" if project.warnings else ""))
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from aistudio.data.project import known_tasks  # the task configs in conf/task/
+def _synthetic(args: argparse.Namespace) -> None:
+    import time
 
-    parser = argparse.ArgumentParser(prog="aistudio", description=(__doc__ or "").replace("``", "'"))
-    commands = parser.add_subparsers(dest="command", required=True)
+    from aistudio.data.synthetic import write_synthetic_project
 
+    start = time.perf_counter()
+    path = write_synthetic_project(args.folder, args.images, classes=args.classes, size=args.size,
+                                   files=not args.no_files, seed=args.seed)
+    what = "entries, no image files" if args.no_files else f"{args.size}x{args.size} PNG images"
+    print(f"wrote {path}: {args.images} {what}, {args.classes} classes ({time.perf_counter() - start:.1f} s)")
+    if args.no_files:
+        print(f"load it without touching files: python train.py data=project data.project={path.parent} "
+              "data.check_images=off")
+    else:
+        print(f"validate with: aistudio validate {path.parent}")
+
+
+def _add_import_parser(commands: Any) -> None:
     importer = commands.add_parser("import", help="turn a folder layout into a dataset.json project")
     kinds = importer.add_subparsers(dest="kind", required=True)
     folder = kinds.add_parser("image-folder", help="one sub-folder per class (classification)")
@@ -128,14 +141,37 @@ def build_parser() -> argparse.ArgumentParser:
     _split_options(masks)
     masks.set_defaults(func=_import_masks)
 
+
+def _add_dataset_parsers(commands: Any) -> None:
+    from aistudio.data.project import known_tasks  # the task configs in conf/task/
+
     validate = commands.add_parser("validate", help="check a dataset.json project and report every problem")
     validate.add_argument("project", help="project folder (or its dataset.json)")
     validate.add_argument("--task", default=None, choices=known_tasks() or None,
                           help="default: inferred from the annotations")
     validate.add_argument("--split-index", type=int, default=0)
-    validate.add_argument("--check-images", default="header", choices=["header", "full", "none"])
+    validate.add_argument("--check-images", default="header", choices=["header", "full", "none", "off"],
+                          help="header (default): open each header; full: decode every file as training "
+                               "does; none: files exist; off: touch no file")
     validate.set_defaults(func=_validate)
 
+    synthetic = commands.add_parser("synthetic", help="write a synthetic classification project of any size "
+                                                      "(scale tests and benchmarks)")
+    synthetic.add_argument("folder", help="where dataset.json and images/ go")
+    synthetic.add_argument("--images", type=int, required=True, help="number of images (entries)")
+    synthetic.add_argument("--classes", type=int, default=10, help="number of classes (10)")
+    synthetic.add_argument("--size", type=int, default=32, help="image width and height in pixels (32)")
+    synthetic.add_argument("--no-files", action="store_true",
+                           help="write dataset.json only: entries whose files do not exist (check_images=off)")
+    synthetic.add_argument("--seed", type=int, default=0)
+    synthetic.set_defaults(func=_synthetic)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="aistudio", description=(__doc__ or "").replace("``", "'"))
+    commands = parser.add_subparsers(dest="command", required=True)
+    _add_import_parser(commands)
+    _add_dataset_parsers(commands)
     add_runs_parser(commands)
     add_serve_parser(commands)
     return parser

@@ -45,9 +45,11 @@ class AnnotationParser:
 
     def check_files(self, record: ImageRecord, image_size: tuple[int, int], full: bool,
                     checked: Any) -> tuple[str | None, str | None]:
-        """(problem, warning) of the entry's own files, after its image passed (runs in worker threads:
-        return, never report). ``full``: decode them as training does; ``checked``: what
-        :meth:`check_project` returned."""
+        """(problem, warning) of the entry's own files, after its image passed (runs in worker threads or
+        processes: return, never report). ``full``: decode them as training does; ``checked``: what
+        :meth:`check_project` returned. A pass is cached (:mod:`aistudio.data.check_cache`) by the image's
+        and ``mask``'s path, size and mtime, this parser's repr and ``checked``'s: a parser reading other
+        files must show what they are in its repr."""
         return None, None
 
     def fit_to_image(self, where: str, record: ImageRecord, width: int, height: int, fail: Fail,

@@ -66,6 +66,11 @@ class MaskClasses:
         if 0 <= ignore_index <= 65535:
             self.known[ignore_index] = True
 
+    def __repr__(self) -> str:
+        """Stable (no address): the image check cache keys a project's checks by it."""
+        return (f"MaskClasses(num_classes={self.num_classes}, mask_values={self.mask_values}, "
+                f"ignore_index={self.ignore_index})")
+
     def __call__(self, raw: np.ndarray, path: str | Path) -> np.ndarray:
         """Class indices (ignored pixels = ``ignore_index``) of one decoded label image."""
         raw = _pixel_values(raw, path)

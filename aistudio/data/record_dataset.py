@@ -34,4 +34,4 @@ class RecordDataset(Dataset):
         """(record, its image as HxWxC uint8, the augmentation seed or None) of a dataset key."""
         index, seed = split_key(key)
         record = self.records[index]
-        return record, read_image(record.file, self.channels), seed
+        return record, read_image(record.path, self.channels), seed  # the string: .file builds a Path each time
