@@ -62,7 +62,64 @@ def test_dataloader_worker_settings_reach_the_loader(color_project):
         loader(prefetch_factor=0)
 
 
+WORKERS_AFTER_OPENCV = """
+import sys
+import albumentations as A, cv2, numpy as np
+from albumentations.pytorch import ToTensorV2
+from aistudio.data.classification import ClassificationDataset
+from aistudio.data.datamodule import ProjectDataModule
+
+image = np.random.default_rng(0).integers(0, 255, (1500, 1500, 3), dtype=np.uint8)
+for _ in range(3):  # this process's OpenCV thread pool is running (as after a run's plots)
+    cv2.GaussianBlur(image, (9, 9), 0)
+pipeline = A.Compose([A.Resize(16, 16), A.Blur(p=1.0), A.Normalize(), ToTensorV2()])
+module = ProjectDataModule(sys.argv[1], dataset=ClassificationDataset, batch_size=4, num_workers=2,
+                           train_transform=pipeline, eval_transform=pipeline, persistent_workers=False)
+for _ in range(2):  # a new set of workers each time, forked from a process whose OpenCV pool ran
+    batches = sum(1 for _ in module.val_dataloader())
+print("batches", batches, "threads", cv2.getNumThreads())
+"""
+
+
+def test_workers_forked_after_opencv_ran_in_the_main_process_do_not_hang(color_project):
+    """Workers keep OpenCV to one thread (set before they fork: set inside a worker forked after the
+    parent's OpenCV pool ran, ``cv2.setNumThreads`` hung it)."""
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", WORKERS_AFTER_OPENCV, str(color_project)], capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "threads 1" in done.stdout and "batches 0" not in done.stdout
+
+
 @pytest.mark.slow
+def test_the_training_datamodule_holds_plain_lists_not_omegaconf_ones(compose_cfg, color_project):
+    """albumentations walks Compose.transforms on every sample: as a ListConfig that cost ~0.1 ms an image."""
+    from omegaconf import OmegaConf
+
+    from aistudio.data.project import project_from_config
+    from aistudio.training.fit import build_datamodule
+
+    cfg = compose_cfg("data=project", f"data.project={color_project}", "augmentation=default")
+    config = {"data": OmegaConf.to_container(cfg.data, resolve=True)}
+    datamodule = build_datamodule(config, project_from_config(config["data"]))
+    assert type(datamodule.train_transform.transforms) is list and type(datamodule.eval_transform.transforms) is list
+    assert type(datamodule.mean) is list and type(datamodule.std) is list
+
+
+def test_hydra_shares_the_config_store_instead_of_copying_it():
+    """``train.py --help`` lists every config group, and Hydra 1.3 deep-copied the ConfigStore for each."""
+    import copy
+
+    from hydra.core.config_store import ConfigStore
+
+    from aistudio.config import register_resolvers
+
+    register_resolvers()
+    assert copy.deepcopy(ConfigStore.instance()) is ConfigStore.instance()
+
+
 def test_a_run_with_every_speed_knob_records_them_and_its_ema_checkpoint_evaluates_the_same(tmp_path, color_project):
     run_dir = tmp_path / "run"
     result = run_train(["data=project", f"data.project={color_project}", "hardware=cpu", "data.image_size=32",

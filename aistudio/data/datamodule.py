@@ -31,13 +31,27 @@ def init_worker(worker_id: int) -> None:
         pl_worker_init_function(worker_id)
 
 
-def default_num_workers() -> int:
-    """Leave one core to the training process; never more workers than cores (CI has 2)."""
+MAX_AUTO_WORKERS = 16
+
+
+def one_opencv_thread() -> None:
+    """OpenCV keeps to one thread, set in this process before its workers fork (they inherit it): a
+    pool of cores' threads in each of many workers oversubscribes the cores (224 px augmentation
+    was ~30% slower per image). Not set in the worker itself: ``cv2.setNumThreads`` in a child forked
+    after the parent's OpenCV pool started hangs the child."""
+    import cv2
+
+    cv2.setNumThreads(1)
+
+
+def default_num_workers(processes: int = 1) -> int:
+    """The cores this process may use, shared by the ``processes`` training processes of this machine
+    (DDP), less one for each training process itself; at most :data:`MAX_AUTO_WORKERS` (CI's 2 cores: 1)."""
     try:
         cores = len(os.sched_getaffinity(0))
     except AttributeError:  # not Linux
         cores = os.cpu_count() or 1
-    return max(0, min(8, cores - 1))
+    return max(0, min(MAX_AUTO_WORKERS, cores // max(1, processes) - 1))
 
 
 class ProjectDataModule(pl.LightningDataModule):
@@ -70,7 +84,8 @@ class ProjectDataModule(pl.LightningDataModule):
         self.split_index = int(split_index)
         self.batch_size = int(batch_size)
         self.eval_batch_size = int(eval_batch_size or batch_size)
-        self.num_workers = default_num_workers() if num_workers == "auto" else int(num_workers)
+        self.auto_workers = num_workers == "auto"  # shared out between DDP processes once a trainer is known
+        self.num_workers = default_num_workers() if self.auto_workers else int(num_workers)
         self.channels = int(channels)
         self.image_size = image_size
         self.mean, self.std = mean, std
@@ -138,8 +153,12 @@ class ProjectDataModule(pl.LightningDataModule):
         # exactly what the uninterrupted run would have seen (see aistudio/data/sampling.py)
         sampler = (EpochShuffleSampler(self._datasets[split], seed=self.seed, batch_size=self.batch_size)
                    if shuffle else None)
+        trainer = getattr(self, "trainer", None)
+        if self.auto_workers and trainer is not None and trainer.num_devices > 1:  # this machine's DDP processes
+            self.num_workers = default_num_workers(trainer.num_devices)
         if self.num_workers > 0:
             reap_workers_at_exit()  # they ignore SIGTERM: see init_worker
+            one_opencv_thread()
         return DataLoader(
             self._datasets[split],
             batch_size=self.batch_size if split == "train" else self.eval_batch_size,

@@ -7,6 +7,7 @@ them as hyper-parameters, so ``Module.load_from_checkpoint(path)`` rebuilds it i
 from __future__ import annotations
 
 import logging
+import math
 from typing import Any
 
 import lightning.pytorch as pl
@@ -51,7 +52,10 @@ class TaskModule(pl.LightningModule):
         self.model = instantiate(model)
         self._backbone_frozen = False
         self._skipped_in_a_row = 0
-        self._first_non_finite: torch.Tensor | None = None  # (step, epoch, batch, loss) on the device; step -1: none
+        # fail policy checked every N steps: the losses since the last check stay on the device (one slot a
+        # step, written by a device copy), their (step, epoch, batch) on the host
+        self._unchecked_losses: torch.Tensor | None = None
+        self._unchecked_steps: list[tuple[int, int, int]] = []
         # per-class figures of the last test run ({"per_class": {class: {...}}, ...}): eval.py writes them
         self.test_report: dict[str, Any] = {}
 
@@ -149,24 +153,29 @@ class TaskModule(pl.LightningModule):
                                  "check the data, or skip such batches with task.module.non_finite_loss=skip")
 
     def _record_non_finite(self, loss: torch.Tensor, batch_idx: int) -> None:
-        """Keep the first non-finite loss's (step, epoch, batch, value) on the device: no host sync."""
-        if self._first_non_finite is None or self._first_non_finite.device != loss.device:
-            self._first_non_finite = torch.full((4,), -1.0, dtype=torch.float64, device=loss.device)
-        seen = self._first_non_finite
-        now = torch.tensor([self.global_step, self.current_epoch, batch_idx, 0.0], dtype=torch.float64)
-        now = now.to(loss.device, non_blocking=True)
-        now[3] = loss.to(torch.float64)
-        first = (seen[0] < 0) & ~torch.isfinite(loss)
-        self._first_non_finite = torch.where(first, now, seen)
+        """Keep this step's loss in a device buffer for the next check: a device-to-device copy, no host
+        sync and no host-to-device copy (a pageable one can wait for the stream)."""
+        every = self.non_finite_interval(loss.device)
+        buffer = self._unchecked_losses
+        if buffer is None or buffer.device != loss.device or len(buffer) < every:
+            buffer = self._unchecked_losses = torch.zeros(every, dtype=torch.float32, device=loss.device)
+            self._unchecked_steps = []
+        if len(self._unchecked_steps) >= len(buffer):  # never more than N between checks; keep the first
+            return
+        buffer[len(self._unchecked_steps)].copy_(loss)
+        self._unchecked_steps.append((self.global_step, self.current_epoch, batch_idx))
 
     def _raise_recorded_non_finite(self) -> None:
-        if self._first_non_finite is None:
+        steps, self._unchecked_steps = self._unchecked_steps, []
+        if not steps or self._unchecked_losses is None:
             return
-        step, epoch, batch, value = self._first_non_finite.tolist()  # the one host read every N steps
-        if step < 0:
+        values = self._unchecked_losses[:len(steps)].tolist()  # the one host read every N steps
+        first = next(((where, value) for where, value in zip(steps, values) if not math.isfinite(value)), None)
+        if first is None:
             return
+        (step, epoch, batch), value = first
         lr = (self.hparams.optimizer or {}).get("lr")
-        raise NonFiniteLossError(f"loss is {value} at step {int(step)} (epoch {int(epoch)}, batch {int(batch)}; seen "
+        raise NonFiniteLossError(f"loss is {value} at step {step} (epoch {epoch}, batch {batch}; seen "
                                  f"at step {self.global_step}, checked every {self.non_finite_interval(self.device)}) "
                                  f"— lower optimizer.lr (now {lr}), set trainer.gradient_clip_val, check the data, or "
                                  "skip such batches with task.module.non_finite_loss=skip")
@@ -204,7 +213,8 @@ class TaskModule(pl.LightningModule):
 
 
 class MetricCollectionTask(TaskModule):
-    """A task scored by one torchmetrics MetricCollection per stage (classification, segmentation).
+    """A task scored by one torchmetrics MetricCollection per stage (classification, segmentation), or a
+    metric that acts as one (``clone(prefix=)``, ``compute()`` -> dict: classification's ClassificationScores).
 
     Metrics are updated every batch and computed + logged once per epoch: logging Metric objects every
     step costs Lightning about a millisecond per metric per step. Train metrics are logged at the last
@@ -212,7 +222,7 @@ class MetricCollectionTask(TaskModule):
     metrics.json writer) run before the module's.
     """
 
-    def init_metrics(self, metrics: MetricCollection, confusion: Metric | None = None) -> None:
+    def init_metrics(self, metrics: MetricCollection | Metric, confusion: Metric | None = None) -> None:
         """``confusion``: a confusion-matrix metric accumulated in the test stage only; its per-class
         figures (:meth:`class_report`) become ``test_report`` (what eval.py writes and the plots draw)."""
         self.train_metrics = metrics.clone(prefix="train_")

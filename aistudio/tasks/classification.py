@@ -5,20 +5,14 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from torchmetrics import MetricCollection
-from torchmetrics.classification import (
-    MulticlassAccuracy,
-    MulticlassConfusionMatrix,
-    MulticlassF1Score,
-    MulticlassPrecision,
-    MulticlassRecall,
-)
+from torchmetrics.classification import MulticlassConfusionMatrix
 
 from aistudio.models.surgery import head_modules
 from aistudio.tasks.base import MetricCollectionTask
 from aistudio.tasks.class_report import classification_report
 from aistudio.tasks.class_weights import ClassWeights
 from aistudio.tasks.class_weights import class_weights as class_weights_for
+from aistudio.tasks.classification_scores import ClassificationScores
 from aistudio.tasks.examples import Example, classification_examples
 from aistudio.tasks.export_spec import ExportSpec, batch_axes
 
@@ -37,16 +31,10 @@ class ClassificationModule(MetricCollectionTask):
         weights = class_weights_for(class_weights, class_counts, num_classes)  # counts: images per class
         weight = torch.tensor(weights, dtype=torch.float32) if weights else None
         self.criterion = torch.nn.CrossEntropyLoss(weight=weight, label_smoothing=float(label_smoothing))
-        # labels were validated when the dataset loaded; torchmetrics' per-batch argument checks would
-        # add a GPU sync to every step
-        checks = {"validate_args": False}
-        metrics = MetricCollection({
-            "acc": MulticlassAccuracy(num_classes, average="micro", **checks),
-            "f1": MulticlassF1Score(num_classes, average="macro", **checks),
-            "precision": MulticlassPrecision(num_classes, average="macro", **checks),
-            "recall": MulticlassRecall(num_classes, average="macro", **checks),
-        })
-        self.init_metrics(metrics, MulticlassConfusionMatrix(num_classes, **checks))
+        # one confusion matrix per stage, no host sync per step (see classification_scores.py); labels
+        # were validated when the dataset loaded, so the test confusion matrix skips its argument checks
+        self.init_metrics(ClassificationScores(num_classes),
+                          MulticlassConfusionMatrix(num_classes, validate_args=False))
 
     def class_report(self, confusion: torch.Tensor) -> dict[str, dict[str, Any]]:
         return classification_report(confusion, self.class_names or [str(i) for i in range(len(confusion))])
