@@ -2,17 +2,23 @@
 # One-shot GPU benchmark for a machine with one GPU (H100/H200) and a plain copy of this repo (no venv).
 #
 #   bash scripts/bench/gpu.sh          # from anywhere; report -> $OUT/gpu_report.txt when $OUT is set
+#   TINY=1 PYTHON=.venv/bin/python bash scripts/bench/gpu.sh    # the same steps on CPU, tiny sizes (~3 min)
 #
 # Steps (each printed with a timestamp): a fresh venv + `pip install -e .`, nvidia-smi -L, the start-up
-# benchmark, the default `python train.py hardware=gpu` timed end to end (default_run.py), and the
-# framework-vs-raw throughput benchmark on the GPU in 16-bit mixed precision (throughput.py).
-# Every step has a timeout, and the benchmarks share a deadline (BUDGET, default 420 s from the start),
-# so the whole script stays under about 8 minutes even when something hangs (typically ~3 minutes).
+# benchmark (--help, --cfg job), command start -> first training step, then framework-vs-raw throughput
+# (scripts/bench/throughput.py), each case side by side in one process: the default digits recipe
+# (16-mixed), resnet50 at 224 px batch 128 in fp32 / bf16-mixed / bf16-mixed + channels_last,
+# fasterrcnn_mobilenet_v3_large_320_fpn on the generated shapes, digits compiled (compile on/off); then
+# dataset scale (100k images validated first and cached, a 1M-entry listing). It ends with one table
+# (scripts/bench/gpu_summary.py over the JSON files every benchmark writes to $OUT/bench/).
+# Every step has a timeout, and the benchmarks share a deadline (BUDGET, default 290 s from the start),
+# so the whole script stays under 5 minutes even when something hangs; a step the budget cannot fit is
+# skipped and named at the end.
 #
 # Offline machines: the venv also sees the site-packages of $PYTHON (so a preinstalled torch is used,
 # never re-downloaded); when PyPI is unreachable the install falls back to --no-index with the wheels in
 # $WHEELS (default: .whl or scripts/bench/wheels, made elsewhere by scripts/bench/fetch_wheels.sh).
-# Environment: PYTHON (default python3), VENV (default /tmp/aistudio-gpu-venv), WHEELS, OUT, BUDGET.
+# Environment: PYTHON (default python3), VENV (default /tmp/aistudio-gpu-venv), WHEELS, OUT, BUDGET, TINY.
 set -euo pipefail
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
@@ -31,7 +37,8 @@ else
     REPORT=$(mktemp /tmp/gpu_report.XXXXXX.txt)
 fi
 export PYTHONUNBUFFERED=1 PIP_DISABLE_PIP_VERSION_CHECK=1 NO_ALBUMENTATIONS_UPDATE=1
-BUDGET=${BUDGET:-420}
+BUDGET=${BUDGET:-290}
+TINY=${TINY:-0}
 START=$SECONDS
 FAILED=()
 
@@ -102,16 +109,55 @@ print({p: md.version(p) for p in ("aistudio", "torch", "torchvision", "lightning
 print("cuda available:", torch.cuda.is_available(), "| device:", torch.cuda.get_device_name(0) if torch.cuda.is_available() else None)
 EOF
 
-    step "nvidia-smi -L"
-    nvidia-smi -L
+    local acc=gpu
+    if ((TINY)) || ! nvidia-smi -L; then
+        acc=cpu
+        echo "--- $( ((TINY)) && echo 'TINY=1' || echo 'no GPU'): every case on the CPU at tiny sizes"
+    fi
+    local json=${OUT:-$(mktemp -d /tmp/aistudio-gpu-json.XXXXXX)}/bench data
+    mkdir -p "$json"
+    data=$(mktemp -d /tmp/aistudio-gpu-data.XXXXXX)  # shared: the cases reuse the generated datasets
 
-    bench 45 "start-up" "$VPY" scripts/bench/startup.py
-    local data
-    data=$(mktemp -d /tmp/aistudio-gpu-data.XXXXXX)  # shared: the throughput run reuses the digits
-    bench 170 "default train on GPU" "$VPY" scripts/bench/default_run.py --data-dir "$data" hardware=gpu
-    bench 170 "throughput on GPU" "$VPY" scripts/bench/throughput.py --accelerator gpu --epochs 8 --rounds 2 \
-        --data-dir "$data"
+    bench 45 "start-up" "$VPY" scripts/bench/startup.py --repeat 2
+    local -a scale=(--no-train) first=(--runs 3)
+    [[ $acc == cpu ]] && scale+=(--images 2000 --entries 20000) first=(--runs 1)
+    bench 60 "start -> first step" "$VPY" scripts/bench/first_step.py "${first[@]}" --data-dir "$data" \
+        --json "$json/first-step.json"
+    # framework vs raw: one case = one throughput.py process (raw and framework alternate inside it)
+    local -a common=(--accelerator "$acc" --data-dir "$data")
+    local -a digits=(--epochs 5 --rounds 2 --loader-ceiling) compiled=(--epochs 4 --rounds 1 --compile)
+    local -a r50=(--model resnet50 --image-size 224 --batch-size 128 --epochs 3 --rounds 1 --limit-batches 10)
+    local -a det=(--experiment shapes_detection --model "" --batch-size 0 --image-size 0 --epochs 3 --rounds 1
+                  --limit-batches 20)
+    local half=16-mixed
+    if [[ $acc == cpu ]]; then  # tiny: 2-3 steps an epoch, small images; CPU has no fp16 autocast
+        digits=(--epochs 2 --rounds 1 --limit-batches 3 --loader-ceiling)
+        compiled=(--epochs 2 --rounds 1 --limit-batches 3 --compile)
+        r50=(--model resnet50 --image-size 32 --batch-size 8 --epochs 2 --rounds 1 --limit-batches 2)
+        det=(--experiment shapes_detection --model "" --batch-size 2 --image-size 0 --epochs 2 --rounds 1
+             --limit-batches 2)
+        common+=(--threads "$(nproc)")
+        half=32-true
+    fi
+    case_() {  # case_ NAME LIMIT ARGS...: one throughput case, its figures in $json/throughput-NAME.json
+        local name=$1 limit=$2
+        shift 2
+        bench "$limit" "throughput $name" "$VPY" scripts/bench/throughput.py "${common[@]}" "$@" --label "$name" \
+            --json "$json/throughput-$name.json"
+    }
+    case_ digits 70 "${digits[@]}"  # the default digits recipe (resnet18, 32 px) in 16-bit mixed precision
+    case_ resnet50-fp32 45 "${r50[@]}" --precision 32-true
+    case_ resnet50-bf16 50 "${r50[@]}" --precision bf16-mixed --loader-ceiling
+    case_ resnet50-bf16-cl 45 "${r50[@]}" --precision bf16-mixed --channels-last
+    case_ detector 45 "${det[@]}" --precision "$half"
+    case_ digits-compile 100 "${compiled[@]}"  # compile on/off: the small-kernel, launch-bound case
+    bench 60 "dataset scale" "$VPY" scripts/bench/dataset_scale.py "${scale[@]}" --json "$json/dataset-scale.json"
     rm -rf "$data"
+    step "summary"
+    "$VPY" scripts/bench/gpu_summary.py "$json" || FAILED+=("summary")
+    if [[ -n "${OUT:-}" ]]; then  # one archive: the device tool brings back at most 8 files
+        tar czf "$OUT/bench.tgz" -C "$OUT" bench && rm -rf "$json"
+    fi
 
     local failed="none"
     if ((${#FAILED[@]})); then failed=$(IFS=,; echo "${FAILED[*]}"); fi

@@ -29,7 +29,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from _common import REPO, isolate, median
+from _common import REPO, first_step_at, isolate, median
 
 HOST = "127.0.0.1"
 TARGETS = {"latency_median_s": 0.5, "idle_cpu_percent": 2.0, "idle_rss_mb": 200.0}
@@ -159,19 +159,6 @@ def idle(port: int, server_pid: int, runs: Path, clients: int, seconds: float) -
     return {"clients": clients, "connected": connected, "seconds": round(wall, 1),
             "cpu_percent": round(100 * (cpu1 - cpu0) / wall, 2), "rss_mb": round(rss, 1),
             "rss_mb_before_clients": round(before[1], 1), "threads": threads}
-
-
-def first_step_at(run_dir: Path, deadline: float) -> float:
-    """Wall time of the first ``train batch`` line in the run's log (the time stamped on the line)."""
-    log = run_dir / "logs" / "training.log"
-    while time.monotonic() < deadline:
-        if log.is_file():
-            for line in log.read_text(errors="replace").splitlines():
-                if " train batch " in line:
-                    stamp = line[1:line.index("]")]
-                    return datetime.strptime(stamp, "%Y-%m-%d %H:%M:%S,%f").timestamp()
-        time.sleep(0.05)
-    raise SystemExit(f"no training step in {log}")
 
 
 def first_step(port: int, runs: Path, env: dict[str, str], repeat: int) -> dict[str, list[float]]:

@@ -4,22 +4,31 @@ Framework side = exactly what ``python train.py`` runs: the real config composed
 as Hydra's job runner sets it, then ``aistudio.cli.train.run_training`` with every run-directory callback
 (ModelCheckpoint best+last, EarlyStopping, LearningRateMonitor, RunDirectoryCallback writing
 metrics.json/run.json) and the TensorBoard logger. Raw side = ``for x, y in loader: forward,
-cross-entropy, backward, step, zero_grad`` on the same model (build_classifier), the same
+cross-entropy, backward, step, zero_grad`` on the same network (the task's own, built by build_module), the same
 ProjectDataModule loader (ClassificationDataset + the same albumentations pipeline, batch size,
 num_workers), the same optimizer settings and torch thread count. Rounds alternate raw, framework, raw,
 framework... to cancel drift; in each, epoch 0 is warm-up and only later epochs are timed (see
 EpochTimer for what a framework epoch includes). Target: framework/raw >= 0.95. The "checkpoint s"
 column says how much of the framework's time went into writing best.ckpt/last.ckpt.
 
+The same comparison runs for any recipe and speed setting, each applied to both sides alike:
+``--experiment shapes_detection`` (a detector: the raw loop sums the model's loss dict), ``--precision``
+(32-true | 16-mixed | bf16-mixed: the raw loop autocasts the same way, with a GradScaler for 16-mixed),
+``--channels-last``, ``--compile [MODE]`` (``nn.Module.compile`` in place, as the framework does) and
+``--limit-batches N`` (N steps an epoch). ``--loader-ceiling`` also times the loader alone (no model):
+the most either side could reach. ``--json PATH`` writes the figures for scripts/bench/gpu_summary.py.
+
     .venv/bin/python scripts/bench/throughput.py [--epochs 6] [--rounds 2] [--model resnet18]
         [--batch-size 64] [--image-size 32] [--accelerator cpu|gpu] [--threads N] [--data-dir DIR]
-        [--override KEY=VALUE ...]
+        [--experiment NAME] [--precision P] [--channels-last] [--compile [MODE]] [--limit-batches N]
+        [--loader-ceiling] [--label TEXT] [--json PATH] [--override KEY=VALUE ...]
 """
 
 from __future__ import annotations
 
 import argparse
 import gc
+import json
 import os
 import sys
 import tempfile
@@ -38,11 +47,12 @@ from hydra import compose, initialize_config_dir  # noqa: E402
 from hydra.core.hydra_config import HydraConfig  # noqa: E402
 from hydra.core.utils import configure_log  # noqa: E402
 from hydra.utils import instantiate  # noqa: E402
-from omegaconf import DictConfig, OmegaConf, open_dict  # noqa: E402
+from omegaconf import DictConfig, open_dict  # noqa: E402
 
 from aistudio.cli.train import run_training  # noqa: E402
-from aistudio.config import register_resolvers  # noqa: E402
-from aistudio.models.classification import build_classifier  # noqa: E402
+from aistudio.config import register_resolvers, resolve_config  # noqa: E402
+from aistudio.data.project import project_from_config  # noqa: E402
+from aistudio.training.fit import build_datamodule, build_module  # noqa: E402
 
 TARGET_RATIO = 0.95
 
@@ -140,8 +150,16 @@ def compose_config(args: argparse.Namespace) -> DictConfig:
         else f"model.name={args.model}"
     overrides = [
         f"hardware={args.accelerator}",  # cpu: 32-true; gpu: 16-mixed on GPU 0
-        f"trainer.max_epochs={args.epochs}", model, f"data.batch_size={args.batch_size}",
-        f"data.image_size={args.image_size}",
+        *([f"experiment={args.experiment}"] if args.experiment else []),
+        f"trainer.max_epochs={args.epochs}",
+        *([model] if args.model else []),
+        *([f"data.batch_size={args.batch_size}"] if args.batch_size else []),
+        *([f"data.image_size={args.image_size}"] if args.image_size else []),
+        *([f"hardware.precision={args.precision}"] if args.precision else []),
+        *(["hardware.channels_last=true"] if args.channels_last else []),
+        *([f"hardware.compile={args.compile}"] if args.compile else []),
+        *([f"trainer.limit_train_batches={args.limit_batches}", "trainer.limit_val_batches=2"]
+          if args.limit_batches else []),
         "test=false",  # the test pass after fit is not training throughput
         "callbacks.progress_bar.kind=none",  # same with or without a terminal (a bar is not a run-dir callback)
         *args.override,
@@ -167,23 +185,63 @@ def run_framework(args: argparse.Namespace, round_: int) -> Measure:
     return EpochTimer.instances[-1].measure(round_)
 
 
-def run_raw(args: argparse.Namespace, round_: int) -> Measure:
-    """The same model, loader and optimizer in a plain loop; epoch 0 warm-up, later epochs timed."""
+def autocast_settings(precision: str) -> tuple[torch.dtype | None, bool]:
+    """(autocast dtype or None, GradScaler on) of a Lightning precision string, as Lightning applies it."""
+    if precision.startswith("bf16"):
+        return (torch.bfloat16, False) if "mixed" in precision else (None, False)
+    if precision.startswith("16"):
+        return torch.float16, True
+    return None, False
+
+
+def to_device(batch: Any, device: torch.device) -> Any:
+    """Tensors, lists and dicts of tensors moved to ``device`` (classification and detection batches)."""
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device, non_blocking=True)
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(to_device(b, device) for b in batch)
+    if isinstance(batch, dict):
+        return {k: to_device(v, device) for k, v in batch.items()}
+    return batch
+
+
+def raw_parts(args: argparse.Namespace) -> tuple[DictConfig, Any, Any]:
+    """(config, datamodule, network) built exactly as a run builds them: same dataset, transforms, loader
+    settings, and the task's own network (``build_module(...).model``)."""
     cfg = compose_config(args)
     HydraConfig.instance().set_config(cfg)
     torch.set_num_threads(args.threads)
     torch.manual_seed(int(cfg.seed))
+    plain = cfg.copy()
+    with open_dict(plain):
+        del plain["hydra"]
+    config = resolve_config(plain)
+    project = project_from_config(config["data"])
+    datamodule = build_datamodule(config, project)
+    datamodule.setup("fit")
+    network = build_module(config, project.classes, project.class_counts()).model
+    return cfg, datamodule, network
+
+
+def run_raw(args: argparse.Namespace, round_: int) -> Measure:
+    """The same network, loader and optimizer in a plain loop; epoch 0 warm-up, later epochs timed."""
+    cfg, datamodule, model = raw_parts(args)
     gpu = args.accelerator == "gpu"
     device = torch.device("cuda", 0) if gpu else torch.device("cpu")
-    datamodule = instantiate(cfg.data)  # ProjectDataModule: same dataset class, transforms, workers, pinning
     loader = datamodule.train_dataloader()
-    model_cfg: dict[str, Any] = OmegaConf.to_container(cfg.model, resolve=True)  # type: ignore[assignment]
-    model_cfg.pop("_target_", None)
-    model_cfg["num_classes"] = datamodule.num_classes
-    model = build_classifier(**model_cfg).to(device)
+    torch.set_float32_matmul_precision(str(cfg.hardware.matmul_precision))  # as SpeedSettings sets it
+    torch.backends.cudnn.benchmark = bool(cfg.trainer.get("benchmark"))  # as the Trainer sets it
+    model = model.to(device)
+    if cfg.hardware.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    if cfg.hardware.compile:
+        model.compile(mode=None if cfg.hardware.compile is True else str(cfg.hardware.compile))
     optimizer = instantiate(cfg.optimizer)(model.parameters())  # SGD lr/momentum/nesterov/wd from conf
     criterion = torch.nn.CrossEntropyLoss()
-    scaler = torch.amp.GradScaler("cuda", enabled=gpu)  # gpu: fp16 autocast + loss scaling = 16-mixed
+    dtype, scaled = autocast_settings(str(cfg.hardware.precision))
+    scaler = torch.amp.GradScaler(device.type, enabled=scaled)
+    detection = cfg.task.name != "classification"
+    limit = args.limit_batches or None
     model.train()
     seconds, images = 0.0, 0
     for epoch in range(args.epochs):
@@ -191,10 +249,12 @@ def run_raw(args: argparse.Namespace, round_: int) -> Measure:
             torch.cuda.synchronize()
         start = time.perf_counter()
         seen = 0
-        for x, y in loader:
-            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            with torch.autocast(device_type="cuda", dtype=torch.float16, enabled=gpu):
-                loss = criterion(model(x), y)
+        for step, (x, y) in enumerate(loader):
+            if limit and step >= limit:
+                break
+            x, y = to_device(x, device), to_device(y, device)
+            with torch.autocast(device_type=device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+                loss = sum(model(x, y).values()) if detection else criterion(model(x), y)
             scaler.scale(loss).backward()
             scaler.step(optimizer)
             scaler.update()
@@ -210,22 +270,59 @@ def run_raw(args: argparse.Namespace, round_: int) -> Measure:
     return Measure("raw", round_, args.epochs - 1, images, seconds, threads)
 
 
-def main() -> int:
+def loader_ceiling(args: argparse.Namespace) -> float:
+    """Images/s of the train loader alone (batches moved to the device, no model): what bounds both sides."""
+    _, datamodule, _ = raw_parts(args)
+    device = torch.device("cuda", 0) if args.accelerator == "gpu" else torch.device("cpu")
+    loader = datamodule.train_dataloader()
+    seconds, images = 0.0, 0
+    for epoch in range(min(args.epochs, 3)):
+        start = time.perf_counter()
+        seen = 0
+        for step, (x, y) in enumerate(loader):
+            if args.limit_batches and step >= args.limit_batches:
+                break
+            to_device(x, device)
+            seen += len(y)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        if epoch > 0:
+            seconds += time.perf_counter() - start
+            images += seen
+    del loader, datamodule
+    return images / seconds if seconds else float("nan")
+
+
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--epochs", type=int, default=6, help="epochs per side and round (first is warm-up; >= 2)")
     parser.add_argument("--rounds", type=int, default=2, help="raw/framework pairs, alternated")
-    parser.add_argument("--model", default="resnet18")
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--image-size", type=int, default=32)
+    parser.add_argument("--model", default="resnet18", help="a conf/model option or a torchvision name ('': the "
+                        "experiment's)")
+    parser.add_argument("--batch-size", type=int, default=64, help="0: the config's")
+    parser.add_argument("--image-size", type=int, default=32, help="0: the config's")
     parser.add_argument("--accelerator", choices=["cpu", "gpu"], default="cpu")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch threads, both sides")
     parser.add_argument("--data-dir", help="reuse this AISTUDIO_DATA_DIR (default: fresh temp dir)")
+    parser.add_argument("--experiment", help="a conf/experiment recipe, e.g. shapes_detection")
+    parser.add_argument("--precision", help="hardware.precision for both sides: 32-true | 16-mixed | bf16-mixed")
+    parser.add_argument("--channels-last", action="store_true", help="hardware.channels_last=true, both sides")
+    parser.add_argument("--compile", nargs="?", const="true", help="hardware.compile (optionally a mode), both sides")
+    parser.add_argument("--limit-batches", type=int, default=0, help="train steps per epoch (0: the whole split)")
+    parser.add_argument("--loader-ceiling", action="store_true", help="also time the loader alone")
+    parser.add_argument("--label", default="", help="the case's name in the JSON and the summary")
+    parser.add_argument("--json", help="write the figures to this file")
     parser.add_argument("--override", action="append", default=[], help="extra Hydra override (repeatable)")
     args = parser.parse_args()
     if args.epochs < 2:
         parser.error("--epochs must be >= 2 (epoch 0 is warm-up)")
     if args.accelerator == "gpu" and not torch.cuda.is_available():
         parser.error("--accelerator gpu: no CUDA device visible")
+    return args
+
+
+def main() -> int:
+    args = parse_args()
     isolate("throughput", args.data_dir)
     register_resolvers()
 
@@ -233,9 +330,10 @@ def main() -> int:
     HydraConfig.instance().set_config(probe)
     workers = instantiate(probe.data).num_workers
     device = torch.cuda.get_device_name(0) if args.accelerator == "gpu" else f"CPU ({os.cpu_count()} cores)"
-    setup = (f"{args.model}, batch {args.batch_size}, image {args.image_size}, {args.epochs} epochs/side "
-             f"(1 warm-up), {args.rounds} rounds, num_workers {workers}, torch threads {args.threads}, "
-             f"{device}, precision {probe.hardware.precision}")
+    speed = ", ".join(f"{k} {probe.hardware[k]}" for k in ("precision", "channels_last", "compile", "matmul_precision"))
+    setup = (f"{probe.model.name} ({probe.task.name}), batch {probe.data.batch_size}, image {probe.data.image_size}, "
+             f"{args.epochs} epochs/side (1 warm-up){f' of {args.limit_batches} steps' if args.limit_batches else ''}, "
+             f"{args.rounds} rounds, num_workers {workers}, torch threads {args.threads}, {device}, {speed}")
     print(f"throughput benchmark: {setup}", flush=True)
 
     results: list[Measure] = []
@@ -245,6 +343,7 @@ def main() -> int:
             results.append(fn(args, round_))
             gc.collect()
             print(f"--- round {round_}: {side}: {results[-1].rate:.1f} images/s", flush=True)
+    ceiling = loader_ceiling(args) if args.loader_ceiling else None
 
     framework = [m for m in results if m.side == "framework"]
     rows = [[m.side, m.round, m.epochs, m.images, m.seconds, f"{m.rate:.1f}", m.threads,
@@ -263,9 +362,19 @@ def main() -> int:
     print(f"\nimages/s over all rounds: raw {totals['raw']:.1f}, framework {totals['framework']:.1f}")
     print(f"ratio framework/raw: {ratio:.3f}   target >= {TARGET_RATIO}   "
           f"[{'ok' if ratio >= TARGET_RATIO else 'UNDER'}]   (per round: {', '.join(per_round)})")
+    if ceiling is not None:
+        print(f"loader alone (no model): {ceiling:.1f} images/s = {ceiling / totals['raw']:.2f}x the raw loop")
     no_ckpt = sum(m.images for m in framework) / sum(m.seconds - m.checkpoint_seconds for m in framework)
     print(f"(for reference, framework without its checkpoint-save time: {no_ckpt:.1f} images/s, "
           f"ratio {no_ckpt / totals['raw']:.3f}; per-hook breakdown: --override +trainer.profiler=simple)")
+    if args.json:
+        Path(args.json).write_text(json.dumps({
+            "label": args.label or setup, "setup": setup, "device": device, "model": probe.model.name,
+            "precision": str(probe.hardware.precision), "channels_last": bool(probe.hardware.channels_last),
+            "compile": probe.hardware.compile, "batch_size": int(probe.data.batch_size),
+            "image_size": int(probe.data.image_size), "raw_images_s": totals["raw"],
+            "framework_images_s": totals["framework"], "ratio": ratio, "per_round": [float(r) for r in per_round],
+            "loader_images_s": ceiling, "checkpoint_s": sum(m.checkpoint_seconds for m in framework)}, indent=2))
     return 0
 
 
