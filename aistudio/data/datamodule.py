@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 from collections.abc import Callable
@@ -13,6 +14,7 @@ from torch.utils.data import DataLoader
 
 from aistudio import AistudioError
 from aistudio.data.annotation_parsers import AnnotationParser
+from aistudio.data.pixel_scaling import PixelScaling, split_scaling
 from aistudio.data.project import Project, load_and_report
 from aistudio.data.sampling import EpochShuffleSampler
 from aistudio.runs.stop import ignore_stop_signals, reap_workers_at_exit
@@ -72,7 +74,8 @@ class ProjectDataModule(pl.LightningDataModule):
                  eval_transform: Callable[..., Any] | None = None,
                  collate_fn: Callable[..., Any] | None = None, check_images: str = "header",
                  pin_memory: bool | str = "auto", drop_last: bool = False, horizontal_flip: float = 0.5,
-                 seed: int = 0, persistent_workers: bool = True, prefetch_factor: int = 2):
+                 seed: int = 0, persistent_workers: bool = True, prefetch_factor: int = 2,
+                 normalize_on_device: bool = True):
         super().__init__()
         if project is None or str(project) in ("", "???"):
             raise AistudioError("data.project is not set — pass the folder holding dataset.json: data.project=/path")
@@ -103,6 +106,13 @@ class ProjectDataModule(pl.LightningDataModule):
         self.seed = int(seed)
         self._datasets: dict[str, Any] = {}
         self.test_split = "test"  # the split the test loop runs on (eval.py split=val evaluates val)
+        self.normalize_on_device = bool(normalize_on_device)
+        self.pixel_scaling: PixelScaling | None = None  # set by setup() when the loaders can hand over uint8
+        self._uint8_transforms: dict[str, Any] | None = None
+        self._uint8_datasets: dict[str, Any] = {}
+        # None: uint8 batches for the loaders a running Trainer asks for (it applies on_after_batch_transfer);
+        # loaders taken by hand get the whole pipeline unless this is True
+        self.uint8_batches: bool | None = None
 
     @property
     def project(self) -> Project:
@@ -135,9 +145,56 @@ class ProjectDataModule(pl.LightningDataModule):
             if split not in self._datasets:
                 self._datasets[split] = self.dataset_factory(self.project.split(sources[split]), transform,
                                                              self.channels, project=self.project)
+        if self._uint8_transforms is None:
+            self._uint8_transforms = self._split_normalisation()
+
+    def _split_normalisation(self) -> dict[str, Any]:
+        """The loaders' pipelines without their final Normalize/ToFloat, by split, when
+        ``normalize_on_device`` and both pipelines end in the same one (see :mod:`aistudio.data.pixel_scaling`);
+        :attr:`pixel_scaling` is that step, which :meth:`on_after_batch_transfer` applies on the device.
+        Empty: normalisation stays in the loaders."""
+        if not self.normalize_on_device:
+            return {}
+        train, train_scaling = split_scaling(self.train_transform, self.channels)
+        evaluation, eval_scaling = split_scaling(self.eval_transform, self.channels)
+        if train_scaling is None or train_scaling != eval_scaling:
+            log.debug("normalisation stays in the loaders: the train and eval pipelines do not both end in the "
+                      "same Normalize/ToFloat + ToTensorV2")
+            return {}
+        self.pixel_scaling = train_scaling
+        return {"train": train, "val": evaluation, "test": evaluation}
+
+    def _loader_dataset(self, split: str) -> Any:
+        """``split``'s dataset as its loader serves it: with the pipeline that hands over uint8 when the
+        batches will be normalised on the device (a running Trainer asks for the loader, or ``uint8_batches``)."""
+        dataset = self._datasets[split]
+        uint8 = self.uint8_batches if self.uint8_batches is not None else self._trainer_running()
+        if not uint8 or not self._uint8_transforms:
+            return dataset
+        if split not in self._uint8_datasets:
+            served = copy.copy(dataset)  # shares the records
+            served.transform = self._uint8_transforms[split]
+            self._uint8_datasets[split] = served
+        return self._uint8_datasets[split]
+
+    def _trainer_running(self) -> bool:
+        """Whether a Trainer is running a stage now (it asks for its loaders then, and applies
+        :meth:`on_after_batch_transfer` to their batches); a loader taken by hand, even after a fit, is not."""
+        from lightning.pytorch.trainer.states import TrainerStatus
+
+        trainer = getattr(self, "trainer", None)
+        return trainer is not None and trainer.state.status == TrainerStatus.RUNNING
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """The batch's uint8 images (its first element: a tensor, or a list for detection) to the network's
+        input, on the device they were just copied to; the rest of the batch, and float images, as they are."""
+        if self.pixel_scaling is None or not isinstance(batch, (tuple, list)) or not batch:
+            return batch
+        return type(batch)([self.pixel_scaling(batch[0]), *batch[1:]])
 
     def eval_dataset(self, split: str) -> Any:
-        """``split`` with the validation transforms (what export checks its parity on)."""
+        """``split`` with the whole validation pipeline, normalisation included (what export checks its
+        parity on and the example panels draw): it is read directly, not through the Trainer's loaders."""
         return self.dataset_factory(self.project.split(split), self.eval_transform, self.channels, project=self.project)
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
@@ -151,8 +208,8 @@ class ProjectDataModule(pl.LightningDataModule):
             drop_last = True
         # training: order and augmentation seeds from (seed, epoch) alone, so a resumed run sees
         # exactly what the uninterrupted run would have seen (see aistudio/data/sampling.py)
-        sampler = (EpochShuffleSampler(self._datasets[split], seed=self.seed, batch_size=self.batch_size)
-                   if shuffle else None)
+        dataset = self._loader_dataset(split)
+        sampler = EpochShuffleSampler(dataset, seed=self.seed, batch_size=self.batch_size) if shuffle else None
         trainer = getattr(self, "trainer", None)
         if self.auto_workers and trainer is not None and trainer.num_devices > 1:  # this machine's DDP processes
             self.num_workers = default_num_workers(trainer.num_devices)
@@ -160,7 +217,7 @@ class ProjectDataModule(pl.LightningDataModule):
             reap_workers_at_exit()  # they ignore SIGTERM: see init_worker
             one_opencv_thread()
         return DataLoader(
-            self._datasets[split],
+            dataset,
             batch_size=self.batch_size if split == "train" else self.eval_batch_size,
             sampler=sampler,
             num_workers=self.num_workers,

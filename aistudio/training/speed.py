@@ -37,7 +37,10 @@ class SpeedSettings(pl.Callback):
             network.compile(mode=self.compile)  # in place: the state_dict keys do not change
         self.applied = {"channels_last": self.channels_last and _is_channels_last(network),
                         "compile": self.compile, "matmul_precision": torch.get_float32_matmul_precision(),
-                        "cudnn_benchmark": bool(torch.backends.cudnn.benchmark)}
+                        "cudnn_benchmark": bool(torch.backends.cudnn.benchmark),
+                        # the datamodule's setup ran before this hook: whether batches leave the loaders as uint8
+                        "normalize_on_device": getattr(getattr(trainer, "datamodule", None), "pixel_scaling",
+                                                       None) is not None}
         log.debug("speed settings: %s", self.applied)
 
 

@@ -6,7 +6,8 @@ sampler with its per-batch seeding, default collate), with ``data.num_workers`` 
 same images, same transform config, no DataLoader:
 
 * bare loop: for each image: read the file, ``cv2.imdecode``, BGR->RGB, the train transform (ending in
-  ToTensorV2), in a plain Python loop (no batching);
+  ToTensorV2), in a plain Python loop (no batching). Like the loaders of a run, it leaves the final
+  Normalize to the device (``data.normalize_on_device``; ``data.normalize_on_device=false`` keeps it);
 * decode only: read + decode + BGR->RGB, the ceiling of any pipeline that decodes every image.
 
 Target (issue 14): DataLoader with 2 workers >= 1.6x the single-process bare loop. Each case runs one
@@ -56,6 +57,7 @@ from hydra.utils import instantiate  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
 
 from aistudio.config import register_resolvers  # noqa: E402
+from aistudio.data.pixel_scaling import split_scaling  # noqa: E402
 from aistudio.data.project import Project, project_from_config, write_project  # noqa: E402
 from aistudio.training.fit import build_datamodule  # noqa: E402
 
@@ -115,12 +117,17 @@ class Setting:
         self.project: Project = project_from_config(self.config["data"])
         self.records = self.project.split("train")
         self.flag = cv2.IMREAD_GRAYSCALE if int(self.config["data"]["channels"]) == 1 else cv2.IMREAD_COLOR
-        self.transform = instantiate(self.config["data"]["train_transform"], _convert_="all")  # as the datamodule
+        # as the datamodule builds it, and as its workers run it in training: without the final Normalize,
+        # which a run applies to the uint8 batch on the device (data.normalize_on_device)
+        self.transform = instantiate(self.config["data"]["train_transform"], _convert_="all")
+        if self.config["data"].get("normalize_on_device", True):
+            self.transform, _ = split_scaling(self.transform, int(self.config["data"]["channels"]))
         self.batch_size = int(self.config["data"]["batch_size"])
 
     def datamodule(self, workers: int) -> Any:
         datamodule = build_datamodule(self.config, self.project)
         datamodule.num_workers = workers
+        datamodule.uint8_batches = True  # as a running Trainer's loaders (uint8 when normalize_on_device)
         return datamodule
 
     def decode(self, path: Path) -> np.ndarray:

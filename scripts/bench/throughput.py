@@ -218,6 +218,7 @@ def raw_parts(args: argparse.Namespace) -> tuple[DictConfig, Any, Any]:
     config = resolve_config(plain)
     project = project_from_config(config["data"])
     datamodule = build_datamodule(config, project)
+    datamodule.uint8_batches = True  # as the Trainer's loaders: uint8, normalised on the device (normalize_on_device)
     datamodule.setup("fit")
     network = build_module(config, project.classes, project.class_counts()).model
     return cfg, datamodule, network
@@ -253,6 +254,7 @@ def run_raw(args: argparse.Namespace, round_: int) -> Measure:
             if limit and step >= limit:
                 break
             x, y = to_device(x, device), to_device(y, device)
+            x, y = datamodule.on_after_batch_transfer([x, y], 0)  # the normalisation the framework does here
             with torch.autocast(device_type=device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
                 loss = sum(model(x, y).values()) if detection else criterion(model(x), y)
             scaler.scale(loss).backward()
@@ -282,7 +284,7 @@ def loader_ceiling(args: argparse.Namespace) -> float:
         for step, (x, y) in enumerate(loader):
             if args.limit_batches and step >= args.limit_batches:
                 break
-            to_device(x, device)
+            datamodule.on_after_batch_transfer([to_device(x, device), y], 0)
             seen += len(y)
         if device.type == "cuda":
             torch.cuda.synchronize()
