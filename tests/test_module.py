@@ -162,3 +162,60 @@ def test_metrics_cover_train_val_test(color_project):
     results = fit.test(module, datamodule=datamodule(color_project), verbose=False)[0]
     assert set(results) == {"test_loss", "test_acc", "test_f1", "test_precision", "test_recall"}
     assert user_error(None) is None
+
+
+class StepLosses(pl.Callback):
+    """Every training step's loss and batch size, as the module returned them."""
+
+    def __init__(self):
+        self.steps: list[tuple[int, float, int]] = []
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self.steps.append((trainer.global_step - 1, float(outputs["loss"]), len(batch[1])))
+
+
+def test_epoch_losses_are_batch_weighted_means_and_the_step_loss_is_logged_when_the_logger_writes(color_project,
+                                                                                                  tmp_path):
+    import csv
+
+    from lightning.pytorch.loggers import CSVLogger
+
+    data = datamodule(color_project)
+    data.batch_size = 5  # 24 training images: batches of 5, 5, 5, 5, 4
+    recorder = StepLosses()
+    fit = pl.Trainer(max_epochs=2, accelerator="cpu", logger=CSVLogger(tmp_path, name="csv"), log_every_n_steps=2,
+                     enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                     callbacks=[recorder])
+    fit.fit(ClassificationModule(MODEL, SGD), datamodule=data)
+    with open(tmp_path / "csv" / "version_0" / "metrics.csv") as file:
+        rows = list(csv.DictReader(file))
+    logged_steps = {int(r["step"]): float(r["train_loss_step"]) for r in rows if r.get("train_loss_step")}
+    assert sorted(logged_steps) == [s for s, _, _ in recorder.steps if (s + 1) % 2 == 0]  # steps 1, 3, 5, ...
+    for step, loss, _ in recorder.steps:
+        if step in logged_steps:
+            assert logged_steps[step] == pytest.approx(loss, rel=1e-6)
+    epoch_means = [float(r["train_loss"]) for r in rows if r.get("train_loss")]
+    per_epoch = [recorder.steps[:5], recorder.steps[5:]]
+    assert [len(e) for e in per_epoch] == [5, 5] and [n for _, _, n in per_epoch[0]] == [5, 5, 5, 5, 4]
+    expected = [sum(loss * n for _, loss, n in e) / sum(n for _, _, n in e) for e in per_epoch]
+    assert epoch_means == pytest.approx(expected, rel=1e-6)
+
+
+def test_epoch_loss_sums_survive_a_checkpoint_within_the_epoch():
+    from aistudio.tasks.epoch_losses import EpochLosses
+
+    values = [(torch.tensor(0.5), 8), (torch.tensor(1.5), 8), (torch.tensor(4.0), 3)]
+    whole = EpochLosses()
+    for value, n in values:
+        whole.add("train", {"loss": value, "part": value * 2}, n)
+    first = EpochLosses()
+    for value, n in values[:2]:
+        first.add("train", {"loss": value, "part": value * 2}, n)
+    resumed = EpochLosses()
+    resumed.load_state_dict("train", first.state_dict("train"), torch.device("cpu"))
+    resumed.add("train", {"loss": values[2][0], "part": values[2][0] * 2}, values[2][1])
+    expected = (0.5 * 8 + 1.5 * 8 + 4.0 * 3) / 19
+    means = resumed.pop("train")
+    assert float(means["loss"]) == pytest.approx(expected) and float(means["part"]) == pytest.approx(2 * expected)
+    assert {k: float(v) for k, v in whole.pop("train").items()} == pytest.approx({k: float(v) for k, v in means.items()})
+    assert not resumed.pending("train") and resumed.pop("train") == {}

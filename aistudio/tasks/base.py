@@ -16,6 +16,7 @@ from hydra.utils import instantiate
 from torchmetrics import Metric, MetricCollection
 
 from aistudio import AistudioError
+from aistudio.tasks.epoch_losses import EpochLosses
 from aistudio.tasks.examples import Example
 from aistudio.tasks.export_spec import ExportSpec
 from aistudio.training.schedulers import build_scheduler
@@ -58,6 +59,7 @@ class TaskModule(pl.LightningModule):
         self._unchecked_steps: list[tuple[int, int, int]] = []
         # per-class figures of the last test run ({"per_class": {class: {...}}, ...}): eval.py writes them
         self.test_report: dict[str, Any] = {}
+        self.epoch_losses = EpochLosses()
 
     def forward(self, images: torch.Tensor) -> Any:
         return self.model(images)
@@ -104,15 +106,60 @@ class TaskModule(pl.LightningModule):
                     module.eval()
         return self
 
-    def log_loss(self, stage: str, loss: torch.Tensor, batch_size: int, name: str = "loss") -> None:
-        """``<stage>_<name>``: the epoch mean, averaged over DDP processes at the epoch's end (the only
-        sync); in training also ``train_<name>_step``, this process's value of the step, for the
-        progress bar and the step curves (no sync)."""
-        if stage == "train":
-            self.log(f"train_{name}_step", loss, on_step=True, on_epoch=False, prog_bar=name == "loss",
-                     batch_size=batch_size)
-        self.log(f"{stage}_{name}", loss, on_step=False, on_epoch=True, prog_bar=stage != "train" and name == "loss",
-                 batch_size=batch_size, sync_dist=True)
+    def log_loss(self, stage: str, loss: torch.Tensor, batch_size: int,
+                 parts: dict[str, torch.Tensor] | None = None) -> None:
+        """``<stage>_loss`` (and ``<stage>_<part>`` for each of ``parts``): epoch means, weighted by batch
+        size, summed on the device and logged once when the epoch ends (:class:`EpochLosses`: exact over DDP
+        processes); in training also ``train_loss_step``, this process's value, on the steps the logger
+        writes (``trainer.log_every_n_steps``; the progress bar shows it from there)."""
+        if stage == "train" and self._logger_writes_this_step():
+            self.log("train_loss_step", loss, on_step=True, on_epoch=False, prog_bar=True, batch_size=batch_size)
+        self.epoch_losses.add(stage, {"loss": loss, **(parts or {})}, batch_size)
+
+    def _logger_writes_this_step(self) -> bool:
+        """Whether Lightning writes this step's values to the logger. A ``self.log`` costs ~1 ms of host
+        time, so the step loss is logged only then; without the (private) flag, on every step."""
+        connector = getattr(self._trainer, "_logger_connector", None)
+        return bool(getattr(connector, "should_update_logs", True))
+
+    def log_epoch_losses(self, stage: str) -> None:
+        """Log the epoch means of ``stage``'s losses (see :meth:`log_loss`); nothing when none were added."""
+        if not self.epoch_losses.pending(stage):
+            return
+        reduce_sum = ((lambda t: self.trainer.strategy.reduce(t, reduce_op="sum")) if self._trainer is not None
+                      and self.trainer.world_size > 1 else None)
+        for name, mean in self.epoch_losses.pop(stage, reduce_sum).items():
+            # sync_dist on a value every process already shares: no change, and no DDP warning
+            self.log(f"{stage}_{name}", mean, on_step=False, on_epoch=True, batch_size=1, sync_dist=True,
+                     prog_bar=stage != "train" and name == "loss")
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        """The epoch's train losses at its last batch: callbacks' epoch-end hooks (the run directory's
+        metrics.json writer) run before the module's."""
+        if self.trainer.is_last_batch:
+            self.log_epoch_losses("train")
+
+    def on_train_epoch_end(self) -> None:
+        self.log_epoch_losses("train")  # an epoch cut short (max_steps, a stop) has no last batch
+
+    def on_validation_epoch_start(self) -> None:
+        self.epoch_losses.reset("val")
+
+    def on_validation_epoch_end(self) -> None:
+        self.log_epoch_losses("val")
+
+    def on_test_epoch_start(self) -> None:
+        self.epoch_losses.reset("test")
+
+    def on_test_epoch_end(self) -> None:
+        self.log_epoch_losses("test")
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """A checkpoint written within an epoch (a stop) keeps the epoch's loss sums for the resumed epoch."""
+        checkpoint["epoch_train_losses"] = self.epoch_losses.state_dict("train")
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.epoch_losses.load_state_dict("train", checkpoint.get("epoch_train_losses") or {}, self.device)
 
     # -- non-finite loss ----------------------------------------------------------------------------
     def non_finite_interval(self, device: torch.device) -> int:
@@ -216,8 +263,8 @@ class MetricCollectionTask(TaskModule):
     """A task scored by one torchmetrics MetricCollection per stage (classification, segmentation), or a
     metric that acts as one (``clone(prefix=)``, ``compute()`` -> dict: classification's ClassificationScores).
 
-    Metrics are updated every batch and computed + logged once per epoch: logging Metric objects every
-    step costs Lightning about a millisecond per metric per step. Train metrics are logged at the last
+    Metrics are updated every batch and computed + logged once per epoch, like the losses: logging Metric
+    objects every step costs Lightning about a millisecond per metric per step. Train metrics are logged at the last
     batch, not in ``on_train_epoch_end``, because callbacks' epoch-end hooks (the run directory's
     metrics.json writer) run before the module's.
     """
@@ -254,6 +301,7 @@ class MetricCollectionTask(TaskModule):
         return self.checked_loss(self._shared_step(batch, "train", self.train_metrics), batch_idx)
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        super().on_train_batch_end(outputs, batch, batch_idx)
         if self.trainer.is_last_batch:
             self._log_epoch_metrics(self.train_metrics)
 
@@ -261,12 +309,14 @@ class MetricCollectionTask(TaskModule):
         self._shared_step(batch, "val", self.val_metrics)
 
     def on_validation_epoch_end(self) -> None:
+        super().on_validation_epoch_end()
         self._log_epoch_metrics(self.val_metrics)
 
     def test_step(self, batch: Any, batch_idx: int) -> None:
         self._shared_step(batch, "test", self.test_metrics)
 
     def on_test_epoch_end(self) -> None:
+        super().on_test_epoch_end()
         self._log_epoch_metrics(self.test_metrics)
         if self.test_confusion is not None:
             matrix = self.test_confusion.compute()

@@ -85,9 +85,7 @@ class DetectionModule(TaskModule):
         losses = self.model(images, targets)
         loss = sum(losses.values())
         size = len(images)
-        self.log_loss("train", loss, size)
-        for name, value in losses.items():
-            self.log(f"train_{name}", value, on_step=False, on_epoch=True, batch_size=size, sync_dist=True)
+        self.log_loss("train", loss, size, parts=losses)
         return self.checked_loss(loss, batch_idx)
 
     def _predictions(self, images: list[torch.Tensor]) -> list[dict[str, torch.Tensor]]:
@@ -158,9 +156,11 @@ class DetectionModule(TaskModule):
         return curves
 
     def on_validation_epoch_end(self) -> None:
+        super().on_validation_epoch_end()
         self._log_map(self.val_map, self.val_map50, "val")
 
     def on_test_epoch_end(self) -> None:
+        super().on_test_epoch_end()
         self._log_map(self.test_map, self.test_map50, "test")
 
     def predict_step(self, batch: Any, batch_idx: int) -> list[dict[str, torch.Tensor]]:
