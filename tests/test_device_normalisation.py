@@ -27,20 +27,41 @@ VALUE_STEPS = {
 }
 
 
+@pytest.mark.parametrize("hwc", [False, True], ids=["CHW (detection lists)", "HWC (stacked batches)"])
 @pytest.mark.parametrize("name", list(VALUE_STEPS))
-def test_the_device_step_equals_the_loaders_bit_for_bit(name):
+def test_the_device_step_equals_the_loaders_bit_for_bit(name, hwc):
     rng = np.random.default_rng(0)
     images = [rng.integers(0, 256, (24, 30, 3), dtype=np.uint8) for _ in range(4)]
     pipeline = A.Compose([A.HorizontalFlip(p=0.5), A.ColorJitter(p=1.0), VALUE_STEPS[name], ToTensorV2()])
-    split, scaling = split_scaling(pipeline, channels=3)
+    split, scaling = split_scaling(pipeline, channels=3, hwc=hwc)
     assert scaling is not None and pipeline.transforms[-2].p == 1.0  # the original keeps its step
+    assert type(pipeline.transforms[-1]) is ToTensorV2  # and its own last step
     for seed, image in enumerate(images):
         pipeline.set_random_seed(seed)
         split.set_random_seed(seed)
         whole, served = pipeline(image=image)["image"], split(image=image)["image"]
         assert served.dtype == torch.uint8 and whole.dtype == torch.float32
-        assert torch.equal(scaling(served[None])[0], whole)  # same augmentation draws, same bits
+        assert served.shape == ((24, 30, 3) if hwc else (3, 24, 30))
+        assert served.is_contiguous() == hwc  # ToTensorV2's is a transposed view; a stack copies it slowly
+        batch = torch.stack([served, served])
+        assert torch.equal(scaling(batch)[0], whole)  # same augmentation draws, same bits
+        assert scaling(batch).is_contiguous()
         assert torch.equal(scaling([served])[0], whole)  # detection batches are lists of images
+        channels_last = scaling(batch, channels_last=True)
+        assert torch.equal(channels_last, whole.expand(2, -1, -1, -1))
+        assert channels_last.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_stacked_hwc_batches_keep_masks_and_grayscale_as_the_loaders_had_them():
+    rng = np.random.default_rng(1)
+    gray = rng.integers(0, 256, (10, 12), dtype=np.uint8)
+    mask = rng.integers(0, 3, (10, 12), dtype=np.uint8)
+    pipeline = A.Compose([A.HorizontalFlip(p=1.0), A.Normalize(mean=0.5, std=0.2), ToTensorV2()])
+    split, scaling = split_scaling(pipeline, channels=1, hwc=True)
+    whole, served = pipeline(image=gray, mask=mask), split(image=gray, mask=mask)
+    assert served["image"].shape == (10, 12, 1) and whole["image"].shape == (1, 10, 12)
+    assert torch.equal(served["mask"], whole["mask"])  # masks as ToTensorV2 gives them
+    assert torch.equal(scaling(served["image"][None])[0], whole["image"])
 
 
 @pytest.mark.parametrize("pipeline", [
@@ -62,7 +83,7 @@ def test_only_the_loaders_a_running_trainer_takes_hand_over_uint8(color_project)
     assert by_hand[0].dtype == torch.float32
     datamodule.uint8_batches = True  # as for a running Trainer
     served = next(iter(datamodule.val_dataloader()))
-    assert served[0].dtype == torch.uint8
+    assert served[0].dtype == torch.uint8 and served[0].shape == (4, 16, 16, 3)  # stacked channels last
     assert torch.equal(datamodule.on_after_batch_transfer(served, 0)[0], by_hand[0])
     assert torch.equal(datamodule.on_after_batch_transfer(by_hand, 0)[0], by_hand[0])  # floats pass through
 

@@ -3,6 +3,8 @@ bf16-mixed on CPU, the weight EMA (callbacks.ema), and the DataLoader's workers 
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 import torch
 
@@ -35,13 +37,18 @@ def test_compile_is_in_place_so_checkpoints_keep_the_plain_model_keys():
     before = torch.get_float32_matmul_precision()
     try:
         settings = SpeedSettings(channels_last=True, compile="default", matmul_precision="medium")
-        settings.setup(None, module, "fit")  # type: ignore[arg-type]
+        trainer = SimpleNamespace(datamodule=SimpleNamespace(channels_last_batches=False, pixel_scaling=None))
+        settings.setup(trainer, module, "fit")  # type: ignore[arg-type]
         assert module.model._compiled_call_impl is not None and list(module.state_dict()) == keys
         assert module.model.conv1.weight.is_contiguous(memory_format=torch.channels_last)
+        assert trainer.datamodule.channels_last_batches  # batches normalised on the device arrive NHWC too
         assert settings.applied["channels_last"] and settings.applied["compile"] == "default"
-        assert torch.get_float32_matmul_precision() == "medium"
+        assert torch.get_float32_matmul_precision() == "medium" and settings.applied["cudnn_tf32"]
+        SpeedSettings(matmul_precision="highest").setup(trainer, module, "fit")  # type: ignore[arg-type]
+        assert not torch.backends.cudnn.allow_tf32  # full float32 convolutions too
     finally:
         torch.set_float32_matmul_precision(before)
+        torch.backends.cudnn.allow_tf32 = True
 
 
 def test_dataloader_worker_settings_reach_the_loader(color_project):
@@ -131,7 +138,7 @@ def test_a_run_with_every_speed_knob_records_them_and_its_ema_checkpoint_evaluat
     record = load_run(run_dir)
     assert record["status"] == "completed"
     assert record["speed"] == {"channels_last": True, "compile": None, "matmul_precision": "highest",
-                               "cudnn_benchmark": True, "normalize_on_device": True}
+                               "cudnn_benchmark": True, "cudnn_tf32": False, "normalize_on_device": True}
     checkpoint = torch.load(run_dir / "checkpoints" / "best.ckpt", map_location="cpu", weights_only=False)
     averaged, live = checkpoint["state_dict"], checkpoint["current_model_state"]
     assert "averaging_state" in checkpoint and set(averaged) == set(live)

@@ -113,6 +113,7 @@ class ProjectDataModule(pl.LightningDataModule):
         # None: uint8 batches for the loaders a running Trainer asks for (it applies on_after_batch_transfer);
         # loaders taken by hand get the whole pipeline unless this is True
         self.uint8_batches: bool | None = None
+        self.channels_last_batches = False  # set by SpeedSettings for a channels-last network
 
     @property
     def project(self) -> Project:
@@ -155,8 +156,10 @@ class ProjectDataModule(pl.LightningDataModule):
         Empty: normalisation stays in the loaders."""
         if not self.normalize_on_device:
             return {}
-        train, train_scaling = split_scaling(self.train_transform, self.channels)
-        evaluation, eval_scaling = split_scaling(self.eval_transform, self.channels)
+        # stacked batches (the default collate) leave the loaders channels last: one memcpy per image
+        hwc = self.collate_fn is None
+        train, train_scaling = split_scaling(self.train_transform, self.channels, hwc)
+        evaluation, eval_scaling = split_scaling(self.eval_transform, self.channels, hwc)
         if train_scaling is None or train_scaling != eval_scaling:
             log.debug("normalisation stays in the loaders: the train and eval pipelines do not both end in the "
                       "same Normalize/ToFloat + ToTensorV2")
@@ -190,7 +193,7 @@ class ProjectDataModule(pl.LightningDataModule):
         input, on the device they were just copied to; the rest of the batch, and float images, as they are."""
         if self.pixel_scaling is None or not isinstance(batch, (tuple, list)) or not batch:
             return batch
-        return type(batch)([self.pixel_scaling(batch[0]), *batch[1:]])
+        return type(batch)([self.pixel_scaling(batch[0], self.channels_last_batches), *batch[1:]])
 
     def eval_dataset(self, split: str) -> Any:
         """``split`` with the whole validation pipeline, normalisation included (what export checks its

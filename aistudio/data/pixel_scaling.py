@@ -14,7 +14,7 @@ from __future__ import annotations
 import copy
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -31,21 +31,27 @@ class PixelScaling:
     offset: tuple[float, ...]
     factor: tuple[float, ...] = ()
     divisor: float | None = None
+    hwc: bool = False  # the uint8 images arrive channels last: (N, H, W, C) or (H, W, C) (see ToTensorHWC)
     _on_device: dict[Any, tuple[Any, Any]] = field(default_factory=dict, compare=False, repr=False)
 
-    def __call__(self, images: Any) -> Any:
-        """A uint8 batch (N, C, H, W), one image (C, H, W) or a list of images (detection) -> float32;
-        anything else (already float: a pipeline that was not split) is returned as it is."""
+    def __call__(self, images: Any, channels_last: bool = False) -> Any:
+        """A uint8 batch (N, C, H, W), one image (C, H, W) or a list of images (detection) -> float32
+        (N, C, H, W) / (C, H, W), contiguous, or in channels-last memory format for a channels-last
+        network; anything else (already float: a pipeline that was not split) is returned as it is."""
         import torch
 
         if isinstance(images, (list, tuple)):
-            return type(images)(self(image) for image in images)
+            return type(images)(self(image, channels_last) for image in images)
         if not isinstance(images, torch.Tensor) or images.dtype != torch.uint8:
             return images
+        if self.hwc:  # channels first: a view (NHWC memory is what channels_last NCHW means)
+            images = images.permute(0, 3, 1, 2) if images.dim() == 4 else images.permute(2, 0, 1)
+        layout = torch.channels_last if channels_last and images.dim() == 4 else torch.contiguous_format
+        floats = images.to(torch.float32, memory_format=layout)  # one kernel: the cast and the layout
         if self.divisor is not None:
-            return images.float().div_(self.divisor)
+            return floats.div_(self.divisor)
         offset, factor = self.constants(images.device)
-        return images.float().sub_(offset).mul_(factor)
+        return floats.sub_(offset).mul_(factor)
 
     def constants(self, device: Any) -> tuple[Any, Any]:
         """(offset, factor) as (C, 1, 1) float32 tensors on ``device``, copied there once, not every step."""
@@ -86,17 +92,19 @@ def scaling_of(transform: Any, channels: int) -> PixelScaling | None:
     return None
 
 
-def split_scaling(pipeline: Any, channels: int) -> tuple[Any, PixelScaling | None]:
+def split_scaling(pipeline: Any, channels: int, hwc: bool = False) -> tuple[Any, PixelScaling | None]:
     """(a copy of ``pipeline`` without its final value step, that step as a :class:`PixelScaling`) when
     the pipeline is an albumentations ``Compose`` ending ``[Normalize | ToFloat, ToTensorV2]``; else
     ``(pipeline, None)``: nothing after the value step may depend on it. The step is switched off
     (``p=0``: albumentations then skips it without drawing a random number), so the augmentation
-    draws, and therefore a seeded run, are unchanged."""
+    draws, and therefore a seeded run, are unchanged. ``hwc``: the copy ends in :class:`ToTensorHWC`
+    (for loaders that stack images into one batch), and the scaling puts the channels first."""
     from albumentations import Compose
     from albumentations.pytorch import ToTensorV2
 
     transforms: Sequence[Any] = getattr(pipeline, "transforms", ())
-    if type(pipeline) is not Compose or len(transforms) < 2 or type(transforms[-1]) is not ToTensorV2:
+    if type(pipeline) is not Compose or len(transforms) < 2 or type(transforms[-1]) is not ToTensorV2 \
+            or transforms[-1].p < 1.0:
         return pipeline, None
     scaling = scaling_of(transforms[-2], channels)
     if scaling is None:
@@ -106,5 +114,10 @@ def split_scaling(pipeline: Any, channels: int) -> tuple[Any, PixelScaling | Non
     split = copy.deepcopy(pipeline)
     # a new plain list: a pipeline instantiated without ``_convert_`` holds a ListConfig, whose deep copy
     # still shares the transform objects with the original
-    split.transforms = [*list(split.transforms)[:-2], switched_off, list(split.transforms)[-1]]
-    return split, scaling
+    to_tensor = list(split.transforms)[-1]
+    if hwc:
+        from aistudio.data.hwc_tensor import ToTensorHWC
+
+        to_tensor = ToTensorHWC(transpose_mask=transforms[-1].transpose_mask)
+    split.transforms = [*list(split.transforms)[:-2], switched_off, to_tensor]
+    return split, replace(scaling, hwc=hwc)

@@ -1,5 +1,6 @@
 """Speed settings of ``hardware`` that are not Trainer arguments: channels-last memory format,
-``torch.compile`` of the network, and the float32 matmul precision (TF32 on Ampere and later GPUs).
+``torch.compile`` of the network, and the float32 precision of matmuls and cuDNN convolutions (TF32 on
+Ampere and later GPUs).
 
 They are applied by a callback when a stage starts, to the task's network (``module.model``) only, so
 the checkpoint's keys stay those of the plain model (``nn.Module.compile`` compiles in place, unlike
@@ -28,6 +29,9 @@ class SpeedSettings(pl.Callback):
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         torch.set_float32_matmul_precision(self.matmul_precision)
+        # PyTorch leaves cuDNN's float32 convolutions on TF32 whatever the matmul precision: "highest" means
+        # full float32 for both (what an fp32 baseline must be measured with), the others keep TF32
+        torch.backends.cudnn.allow_tf32 = self.matmul_precision != "highest"
         network = getattr(pl_module, "model", None)
         if not isinstance(network, torch.nn.Module):
             return
@@ -35,12 +39,16 @@ class SpeedSettings(pl.Callback):
             network.to(memory_format=torch.channels_last)
         if self.compile and stage == "fit" and not getattr(network, "_compiled_call_impl", None):
             network.compile(mode=self.compile)  # in place: the state_dict keys do not change
-        self.applied = {"channels_last": self.channels_last and _is_channels_last(network),
+        channels_last = self.channels_last and _is_channels_last(network)
+        datamodule = getattr(trainer, "datamodule", None)
+        if datamodule is not None and hasattr(datamodule, "channels_last_batches"):
+            datamodule.channels_last_batches = channels_last  # normalised batches in the network's layout
+        self.applied = {"channels_last": channels_last,
                         "compile": self.compile, "matmul_precision": torch.get_float32_matmul_precision(),
                         "cudnn_benchmark": bool(torch.backends.cudnn.benchmark),
+                        "cudnn_tf32": bool(torch.backends.cudnn.allow_tf32),
                         # the datamodule's setup ran before this hook: whether batches leave the loaders as uint8
-                        "normalize_on_device": getattr(getattr(trainer, "datamodule", None), "pixel_scaling",
-                                                       None) is not None}
+                        "normalize_on_device": getattr(datamodule, "pixel_scaling", None) is not None}
         log.debug("speed settings: %s", self.applied)
 
 

@@ -8,7 +8,7 @@ cross-entropy, backward, step, zero_grad`` on the same network (the task's own, 
 ProjectDataModule loader (ClassificationDataset + the same albumentations pipeline, batch size,
 num_workers), the same optimizer settings and torch thread count. Rounds alternate raw, framework, raw,
 framework... to cancel drift; in each, epoch 0 is warm-up and only later epochs are timed (see
-EpochTimer for what a framework epoch includes). Target: framework/raw >= 0.95. The "checkpoint s"
+EpochTimer for what a framework epoch includes). Target: framework/raw >= 0.97 (--target). The "checkpoint s"
 column says how much of the framework's time went into writing best.ckpt/last.ckpt.
 
 The same comparison runs for any recipe and speed setting, each applied to both sides alike:
@@ -54,7 +54,7 @@ from aistudio.config import register_resolvers, resolve_config  # noqa: E402
 from aistudio.data.project import project_from_config  # noqa: E402
 from aistudio.training.fit import build_datamodule, build_module  # noqa: E402
 
-TARGET_RATIO = 0.95
+TARGET_RATIO = 0.97  # issue 14: on CPU, and for resnet50/224/bf16 on a GPU (the digits run on a GPU: 0.90)
 
 
 @dataclass
@@ -67,6 +67,7 @@ class Measure:
     threads: int
     val_seconds: float = 0.0  # framework only: validation time subtracted
     checkpoint_seconds: float = 0.0  # framework only: trainer.save_checkpoint time, included in seconds
+    epoch_end_seconds: float = 0.0  # framework only: last training step's end -> next epoch, minus validation
 
     @property
     def rate(self) -> float:
@@ -92,6 +93,7 @@ class EpochTimer(pl.Callback):
         self.val: list[float] = []
         self.images: list[int] = []
         self.checkpoint: list[float] = []
+        self.last_step_end: list[float] = []
         self.end = 0.0
         self.threads = torch.get_num_threads()
         self._val_start = 0.0
@@ -118,12 +120,18 @@ class EpochTimer(pl.Callback):
         self.starts.append(self._now())
         self.val.append(0.0)
         self.checkpoint.append(0.0)
+        self.last_step_end.append(0.0)
         self.images.append(0)
         self.threads = torch.get_num_threads()
 
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any,
                              batch_idx: int) -> None:
         self.images[-1] += len(batch[1])
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        if batch_idx + 1 >= trainer.num_training_batches:  # the epoch's last step: what follows is its end
+            self.last_step_end[-1] = self._now()
 
     def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not trainer.sanity_checking:
@@ -141,7 +149,8 @@ class EpochTimer(pl.Callback):
         timed = range(1, len(self.starts))  # epoch 0 is warm-up
         return Measure("framework", round_, len(timed), sum(self.images[k] for k in timed),
                        sum(ends[k] - self.starts[k] - self.val[k] for k in timed), self.threads,
-                       sum(self.val[k] for k in timed), sum(self.checkpoint[k] for k in timed))
+                       sum(self.val[k] for k in timed), sum(self.checkpoint[k] for k in timed),
+                       sum(ends[k] - self.last_step_end[k] - self.val[k] for k in timed if self.last_step_end[k]))
 
 
 def compose_config(args: argparse.Namespace) -> DictConfig:
@@ -219,6 +228,7 @@ def raw_parts(args: argparse.Namespace) -> tuple[DictConfig, Any, Any]:
     project = project_from_config(config["data"])
     datamodule = build_datamodule(config, project)
     datamodule.uint8_batches = True  # as the Trainer's loaders: uint8, normalised on the device (normalize_on_device)
+    datamodule.channels_last_batches = bool(cfg.hardware.channels_last)  # as SpeedSettings sets it
     datamodule.setup("fit")
     network = build_module(config, project.classes, project.class_counts()).model
     return cfg, datamodule, network
@@ -231,6 +241,7 @@ def run_raw(args: argparse.Namespace, round_: int) -> Measure:
     device = torch.device("cuda", 0) if gpu else torch.device("cpu")
     loader = datamodule.train_dataloader()
     torch.set_float32_matmul_precision(str(cfg.hardware.matmul_precision))  # as SpeedSettings sets it
+    torch.backends.cudnn.allow_tf32 = str(cfg.hardware.matmul_precision) != "highest"
     torch.backends.cudnn.benchmark = bool(cfg.trainer.get("benchmark"))  # as the Trainer sets it
     model = model.to(device)
     if cfg.hardware.channels_last:
@@ -314,6 +325,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--loader-ceiling", action="store_true", help="also time the loader alone")
     parser.add_argument("--label", default="", help="the case's name in the JSON and the summary")
     parser.add_argument("--json", help="write the figures to this file")
+    parser.add_argument("--target", type=float, default=TARGET_RATIO, help="framework/raw ratio to reach")
     parser.add_argument("--override", action="append", default=[], help="extra Hydra override (repeatable)")
     args = parser.parse_args()
     if args.epochs < 2:
@@ -350,6 +362,7 @@ def main() -> int:
     framework = [m for m in results if m.side == "framework"]
     rows = [[m.side, m.round, m.epochs, m.images, m.seconds, f"{m.rate:.1f}", m.threads,
              m.checkpoint_seconds if m.side == "framework" else "-",
+             m.epoch_end_seconds if m.side == "framework" else "-",
              m.val_seconds if m.side == "framework" else "-"]
             for m in results]
     totals = {}
@@ -360,15 +373,20 @@ def main() -> int:
     per_round = [f"{f.rate / r.rate:.3f}" for r, f in zip(results[::2], results[1::2])]
     print(f"\nthroughput: {setup}\n")
     print(table(["side", "round", "timed epochs", "images", "train s", "images/s", "threads",
-                 "of which checkpoint s", "val s (subtracted)"], rows))
+                 "of which checkpoint s", "of which epoch ends s", "val s (subtracted)"], rows))
     print(f"\nimages/s over all rounds: raw {totals['raw']:.1f}, framework {totals['framework']:.1f}")
-    print(f"ratio framework/raw: {ratio:.3f}   target >= {TARGET_RATIO}   "
-          f"[{'ok' if ratio >= TARGET_RATIO else 'UNDER'}]   (per round: {', '.join(per_round)})")
+    print(f"ratio framework/raw: {ratio:.3f}   target >= {args.target}   "
+          f"[{'ok' if ratio >= args.target else 'UNDER'}]   (per round: {', '.join(per_round)})")
     if ceiling is not None:
         print(f"loader alone (no model): {ceiling:.1f} images/s = {ceiling / totals['raw']:.2f}x the raw loop")
     no_ckpt = sum(m.images for m in framework) / sum(m.seconds - m.checkpoint_seconds for m in framework)
+    no_ends = sum(m.images for m in framework) / sum(m.seconds - m.epoch_end_seconds for m in framework)
     print(f"(for reference, framework without its checkpoint-save time: {no_ckpt:.1f} images/s, "
-          f"ratio {no_ckpt / totals['raw']:.3f}; per-hook breakdown: --override +trainer.profiler=simple)")
+          f"ratio {no_ckpt / totals['raw']:.3f}; without its epoch ends (checkpoint, metrics.json/run.json, "
+          f"epoch metrics, scheduler, starting validation): {no_ends:.1f} images/s, ratio "
+          f"{no_ends / totals['raw']:.3f}, the ends costing "
+          f"{sum(m.epoch_end_seconds for m in framework) / sum(m.epochs for m in framework) * 1e3:.1f} ms an epoch; "
+          f"per-hook breakdown: --override +trainer.profiler=simple)")
     if args.json:
         Path(args.json).write_text(json.dumps({
             "label": args.label or setup, "setup": setup, "device": device, "model": probe.model.name,
@@ -376,7 +394,9 @@ def main() -> int:
             "compile": probe.hardware.compile, "batch_size": int(probe.data.batch_size),
             "image_size": int(probe.data.image_size), "raw_images_s": totals["raw"],
             "framework_images_s": totals["framework"], "ratio": ratio, "per_round": [float(r) for r in per_round],
-            "loader_images_s": ceiling, "checkpoint_s": sum(m.checkpoint_seconds for m in framework)}, indent=2))
+            "loader_images_s": ceiling, "checkpoint_s": sum(m.checkpoint_seconds for m in framework),
+            "epoch_end_s": sum(m.epoch_end_seconds for m in framework),
+            "ratio_without_epoch_ends": no_ends / totals["raw"]}, indent=2))
     return 0
 
 
