@@ -43,3 +43,45 @@ def test_last_is_the_final_epoch_even_when_best_is_earlier(tmp_path, color_proje
     assert torch.load(out / "best.ckpt", weights_only=False)["epoch"] == best_epoch
     assert torch.load(out / "last.ckpt", weights_only=False)["epoch"] == 4
     assert sorted(p.name for p in out.iterdir()) == ["best.ckpt", "last.ckpt"]
+
+
+def test_background_writes_snapshot_into_reused_host_buffers(tmp_path, monkeypatch):
+    """Training changes the tensors in place right after save_checkpoint returns: each file holds the values
+    of its own save, also while every buffer set is still being written; the buffers are reused."""
+    import time
+
+    slow_write = AtomicCheckpointIO._write
+
+    def write_slowly(checkpoint, path, size=None):
+        time.sleep(0.2)  # a slow disk: the next saves find their buffer sets busy
+        slow_write(checkpoint, path, size)
+
+    monkeypatch.setattr(AtomicCheckpointIO, "_write", staticmethod(write_slowly))
+    io = AtomicCheckpointIO(background=True)
+    weight = torch.zeros(4, 3, 5, 5).to(memory_format=torch.channels_last)
+    state = {"state_dict": {"w": weight, "b": torch.zeros(4)}, "optimizer_states": [{"momentum": [torch.zeros(7)]}],
+             "epoch": 0}
+    for epoch in range(5):
+        io.save_checkpoint({**state, "epoch": epoch}, tmp_path / f"epoch{epoch}.ckpt")
+        for tensor in (weight, state["state_dict"]["b"], state["optimizer_states"][0]["momentum"][0]):
+            tensor.add_(1.0)  # the next optimizer step, in place
+    io.wait()
+    assert io._staging._count <= 2  # at most one set being written and one being filled
+    for epoch in range(5):
+        saved = torch.load(tmp_path / f"epoch{epoch}.ckpt", weights_only=False)
+        assert saved["epoch"] == epoch
+        assert torch.equal(saved["state_dict"]["w"], torch.full((4, 3, 5, 5), float(epoch)))
+        assert torch.equal(saved["optimizer_states"][0]["momentum"][0], torch.full((7,), float(epoch)))
+        assert saved["state_dict"]["w"].is_contiguous(memory_format=torch.channels_last)  # strides kept
+    io.teardown()
+    assert io._staging._count == 0  # the buffers go with the stage
+
+
+def test_background_staging_follows_a_new_layout(tmp_path):
+    io = AtomicCheckpointIO(background=True)
+    for shape in ((3,), (3,), (5, 2), (5, 2), (4,)):
+        io.save_checkpoint({"w": torch.ones(shape)}, tmp_path / "last.ckpt")
+        io.wait()
+        assert torch.equal(torch.load(tmp_path / "last.ckpt", weights_only=False)["w"], torch.ones(shape))
+        assert io._staging._count <= 2
+    io.teardown()

@@ -110,3 +110,4 @@ def test_a_run_normalising_on_the_device_trains_exactly_as_one_normalising_in_th
         epochs[on_device] = [{k: v for k, v in entry.items() if k.startswith(("train_", "val_"))} for entry in entries]
     assert len(epochs["true"]) == 2 and "val_loss" in epochs["true"][-1]
     assert epochs["true"] == epochs["false"]
+

@@ -3,6 +3,7 @@ messages from real out-of-memory and worker-death errors, the project lock."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -204,3 +205,22 @@ def test_a_process_stopped_while_its_loader_workers_live_still_exits():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert result.returncode == 130 and "workers live" in result.stdout, result.stderr[-2000:]
     assert "Traceback" not in result.stderr, result.stderr[-2000:]
+
+
+def test_status_changes_are_fsynced_and_per_epoch_progress_is_not(tmp_path, monkeypatch):
+    """Every write stays atomic (temp file + rename); only status changes wait for the disk."""
+    from aistudio.runs.record import RunRecord
+
+    synced: list[int] = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(fd), real_fsync(fd)))
+    record = RunRecord.create(tmp_path / "run")
+    assert len(synced) == 1  # pending
+    record.mark_running()
+    assert len(synced) == 2
+    record.update(epochs_completed=1, heartbeat_at="now")  # an epoch's progress
+    record.beat()
+    assert len(synced) == 2 and json.loads((tmp_path / "run" / "run.json").read_text())["epochs_completed"] == 1
+    record.mark_completed()
+    assert len(synced) == 3 and json.loads((tmp_path / "run" / "run.json").read_text())["status"] == "completed"
+    assert [p.name for p in (tmp_path / "run").iterdir()] == ["run.json"]  # no temp file left

@@ -144,3 +144,18 @@ def test_a_run_with_every_speed_knob_records_them_and_its_ema_checkpoint_evaluat
     assert "averaging_state" in checkpoint and set(averaged) == set(live)
     assert not torch.equal(averaged["model.fc.weight"], live["model.fc.weight"])  # the average is what is saved
     assert_eval_reproduces_test(run_dir, tmp_path)  # tested with the averaged weights, as eval.py loads them
+
+
+@pytest.mark.parametrize(("world_size", "dropped"), [(1, False), (2, True)])
+def test_a_last_training_batch_of_one_image_is_dropped_per_rank(color_project, world_size, dropped):
+    """24 training images in batches of 11: one process ends with 2 images, each of 2 DDP processes with 12 =
+    11 + a batch of one, which BatchNorm cannot train on."""
+    from lightning.pytorch.trainer.states import TrainerStatus
+
+    from aistudio.data.classification import ClassificationDataset
+
+    datamodule = ProjectDataModule(color_project, dataset=ClassificationDataset, batch_size=11, num_workers=0)
+    datamodule.trainer = SimpleNamespace(world_size=world_size, num_devices=world_size,
+                                         state=SimpleNamespace(status=TrainerStatus.RUNNING))
+    loader = datamodule.train_dataloader()
+    assert loader.drop_last is dropped

@@ -206,14 +206,14 @@ class ProjectDataModule(pl.LightningDataModule):
         self.setup()
         pin = torch.cuda.is_available() if self.pin_memory == "auto" else bool(self.pin_memory)
         drop_last = self.drop_last and split == "train"
-        if split == "train" and self.batch_size > 1 and len(self._datasets[split]) % self.batch_size == 1:
+        trainer = getattr(self, "trainer", None)
+        if split == "train" and self.batch_size > 1 and self._images_per_rank(split, trainer) % self.batch_size == 1:
             # a last batch of one image breaks BatchNorm in training mode; skip it instead of crashing
             drop_last = True
         # training: order and augmentation seeds from (seed, epoch) alone, so a resumed run sees
         # exactly what the uninterrupted run would have seen (see aistudio/data/sampling.py)
         dataset = self._loader_dataset(split)
         sampler = EpochShuffleSampler(dataset, seed=self.seed, batch_size=self.batch_size) if shuffle else None
-        trainer = getattr(self, "trainer", None)
         if self.auto_workers and trainer is not None and trainer.num_devices > 1:  # this machine's DDP processes
             self.num_workers = default_num_workers(trainer.num_devices)
         if self.num_workers > 0:
@@ -231,6 +231,12 @@ class ProjectDataModule(pl.LightningDataModule):
             drop_last=drop_last,
             worker_init_fn=init_worker if self.num_workers > 0 else None,
         )
+
+    def _images_per_rank(self, split: str, trainer: Any) -> int:
+        """The images one process trains on per epoch: under DDP its shard, padded to the same size on every
+        rank (as the epoch sampler shards), not the whole split."""
+        replicas = max(1, int(getattr(trainer, "world_size", 1) or 1)) if trainer is not None else 1
+        return -(-len(self._datasets[split]) // replicas)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", shuffle=True)

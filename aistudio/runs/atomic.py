@@ -24,10 +24,13 @@ def _file_mode() -> int:
     return 0o666 & ~umask
 
 
-def atomic_write(path: str | Path, write: Callable[[IO[Any]], object], mode: str = "w") -> None:
+def atomic_write(path: str | Path, write: Callable[[IO[Any]], object], mode: str = "w", durable: bool = True) -> None:
     """Call ``write(handle)`` on a temp file in the target's folder, fsync it, then rename it over ``path``.
 
     A reader (or a process killed mid-write) sees the old file or the new one, never a half-written one.
+    ``durable=False`` skips the fsync: still atomic for readers and for a killed process (the rename is),
+    but a power loss may lose the update. For progress written every epoch (metrics.json, run.json's
+    heartbeat and epoch count), where the next write comes soon and a status change is fsync'd anyway.
     A temp file left by a kill is named ``.<name>.*.tmp``; :func:`remove_stale_temp_files` clears them.
     """
     path = Path(path)
@@ -38,7 +41,8 @@ def atomic_write(path: str | Path, write: Callable[[IO[Any]], object], mode: str
         with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as handle:
             write(handle)
             handle.flush()
-            os.fsync(handle.fileno())
+            if durable:
+                os.fsync(handle.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -56,13 +60,13 @@ def remove_stale_temp_files(folder: str | Path) -> list[Path]:
     return stale
 
 
-def atomic_write_text(path: str | Path, text: str) -> None:
-    atomic_write(path, lambda handle: handle.write(text))
+def atomic_write_text(path: str | Path, text: str, durable: bool = True) -> None:
+    atomic_write(path, lambda handle: handle.write(text), durable=durable)
 
 
-def atomic_write_json(path: str | Path, data: Any) -> None:
+def atomic_write_json(path: str | Path, data: Any, durable: bool = True) -> None:
     """Serialise ``data`` as indented JSON (non-finite floats become null) and write it atomically."""
-    atomic_write_text(path, json.dumps(_finite(data), indent=2, default=str) + "\n")
+    atomic_write_text(path, json.dumps(_finite(data), indent=2, default=str) + "\n", durable)
 
 
 def read_json(path: str | Path, default: Any = None) -> Any:

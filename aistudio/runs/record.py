@@ -149,20 +149,23 @@ class RunRecord:
         record.write()
         return record
 
-    def write(self) -> None:
+    def write(self, durable: bool = True) -> None:
+        """Rewrite run.json; ``durable=False`` (progress, heartbeats) skips the fsync: see ``atomic_write``."""
         with self._lock:
             self.data["updated_at"] = self.data["heartbeat_at"] = utc_now()
-            atomic_write_json(self.path, self.data)
+            atomic_write_json(self.path, self.data, durable)
 
     def update(self, **fields: Any) -> None:
+        """Change fields and write at once; fsync'd when the status changes (progress alone is not)."""
         with self._lock:
+            durable = "status" in fields
             self.data.update(fields)
-        self.write()
+        self.write(durable)
 
     def beat(self) -> None:
         """Refresh the heartbeat (only while the run is active: a final status is never overwritten)."""
         if self.status in ACTIVE_STATUSES:
-            self.write()
+            self.write(durable=False)
 
     def mark_running(self) -> None:
         self.update(status="running", started_at=utc_now())

@@ -95,7 +95,7 @@ class RunDirectoryCallback(Callback):
                            if isinstance(v, float) and k != "epoch_time_s" and not k.startswith("lr_"))
         log.info("epoch %d (%.1fs): %s", entry["epoch"], entry["epoch_time_s"], summary)
         if trainer.is_global_zero:
-            atomic_write_json(self.path, self.entries)
+            atomic_write_json(self.path, self.entries, durable=False)  # atomic; the fsync waits for a status change
             self._update_record()
 
     def best_entry(self) -> dict[str, Any] | None:

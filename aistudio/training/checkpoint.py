@@ -29,6 +29,7 @@ from lightning_utilities.core.apply_func import apply_to_collection
 
 from aistudio import exception_chain
 from aistudio.runs.atomic import atomic_write
+from aistudio.training.checkpoint_staging import HostStaging, Snapshot
 
 log = logging.getLogger("aistudio.train")
 
@@ -58,8 +59,9 @@ class CheckpointWriteError(RuntimeError):
 class AtomicCheckpointIO(TorchCheckpointIO):
     """torch.save to a temp file in the same folder + fsync + rename: readers see old or new, never half.
 
-    With ``background=True`` the tensors are copied on the caller's thread (a point-in-time snapshot)
-    and written by one background thread, so training does not wait for the disk. Writes, links and
+    With ``background=True`` the tensors are copied on the caller's thread (a point-in-time snapshot, into
+    reused host buffers: :mod:`aistudio.training.checkpoint_staging`) and written by one background
+    thread, so training does not wait for the disk. Writes, links and
     removals run in submission order; :meth:`teardown` (end of fit/test) waits for all of them.
 
     A failed write raises :class:`CheckpointWriteError` (its temp file removed). In the background, the
@@ -72,6 +74,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         super().__init__()
         self.background = background
         self._executor: ThreadPoolExecutor | None = None
+        self._staging = HostStaging()
         self._error: BaseException | None = None
         self._raised = False  # the error has reached the training thread (teardown must not raise it again)
 
@@ -125,16 +128,27 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             size = source.stat().st_size if source.is_file() else None
             raise CheckpointWriteError(target, size, err) from err
 
+    @staticmethod
+    def _write_snapshot(snapshot: Snapshot, path: Path) -> None:
+        try:
+            AtomicCheckpointIO._write(snapshot.ready(), path, snapshot.size or None)
+        finally:
+            snapshot.release()
+
     def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None) -> None:
+        if self.background:
+            self.check()  # a failed write stops here, before copying anything
+            self._submit(self._write_snapshot, self._staging.snapshot(checkpoint, self.wait), Path(path))
+            return
         size = 0  # the tensors' bytes: about the file's size, quoted when the disk is full
 
-        def snapshot(tensor: torch.Tensor) -> torch.Tensor:
+        def count(tensor: torch.Tensor) -> torch.Tensor:
             nonlocal size
             size += tensor.nelement() * tensor.element_size()
-            return tensor.detach().clone() if self.background else tensor
+            return tensor
 
-        copy = apply_to_collection(checkpoint, torch.Tensor, snapshot)
-        self._submit(self._write, copy if self.background else checkpoint, Path(path), size or None)
+        apply_to_collection(checkpoint, torch.Tensor, count)
+        self._write(checkpoint, Path(path), size or None)
 
     def remove_checkpoint(self, path: Any) -> None:
         self._submit(super().remove_checkpoint, path)
@@ -149,6 +163,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         if self._executor is not None:
             self._executor.shutdown(wait=True)
             self._executor = None
+        self._staging.clear()
         error, raised = self._error, self._raised
         self._error, self._raised = None, False
         if error is not None and not raised:
