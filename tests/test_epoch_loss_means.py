@@ -82,7 +82,7 @@ def test_ddp_epoch_losses_are_the_batch_weighted_mean_of_both_ranks_steps(tmp_pa
 
 
 @pytest.mark.slow
-def test_a_run_stopped_inside_an_epoch_and_resumed_logs_the_uninterrupted_epoch_losses(tmp_path, monkeypatch):
+def test_a_run_stopped_inside_an_epoch_and_resumed_logs_the_uninterrupted_epoch_losses_and_scores(tmp_path, monkeypatch):
     # one intra-op thread (the DDP runs get one a process from Lightning): on a busy 2-core machine two
     # OpenMP threads beside a DataLoader worker made each of these 5-batch epochs take ~18 s instead of ~0.5 s
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
@@ -112,8 +112,11 @@ def test_a_run_stopped_inside_an_epoch_and_resumed_logs_the_uninterrupted_epoch_
     assert "resuming inside epoch 1: 2 batches were done" in (stopped / "logs" / "training.log").read_text()
     expected, resumed = (json.loads((d / "metrics.json").read_text()) for d in (whole, stopped))
     assert [m["epoch"] for m in resumed] == [0, 1]
-    for key in ("train_loss", "val_loss"):
+    scores = sorted(k for k in expected[1] if k.startswith(("train_", "val_")))
+    assert {"train_loss", "train_acc", "train_f1", "val_loss", "val_acc"} <= set(scores)
+    for key in scores:  # the train metrics' counts before the stop are kept too (aistudio/tasks/metric_state.py)
         assert [m[key] for m in resumed] == pytest.approx([m[key] for m in expected], rel=1e-5), key
+    assert checkpoint["epoch_train_metrics"]["states"]["confusion"].sum() == 10  # the saved batches' images
     # the saved sums matter: the resumed batches alone (or the saved ones alone) give another mean
     mean, before = expected[1]["train_loss"], float(saved["sums"]["loss"])
     for partial in ((mean * 24 - before) / 14, before / 10):

@@ -219,3 +219,36 @@ def test_epoch_loss_sums_survive_a_checkpoint_within_the_epoch():
     assert float(means["loss"]) == pytest.approx(expected) and float(means["part"]) == pytest.approx(2 * expected)
     assert {k: float(v) for k, v in whole.pop("train").items()} == pytest.approx({k: float(v) for k, v in means.items()})
     assert not resumed.pending("train") and resumed.pop("train") == {}
+
+
+def test_train_metric_state_round_trips_and_stays_out_of_the_weights():
+    """What a checkpoint written within an epoch keeps of the train metrics (a MetricCollection here, as
+    segmentation's): restored into fresh metrics, the epoch's value is the uninterrupted one."""
+    from torchmetrics import MetricCollection
+    from torchmetrics.classification import MulticlassAccuracy, MulticlassJaccardIndex
+
+    from aistudio.tasks.metric_state import metric_state, restore_metric_state
+
+    def fresh() -> MetricCollection:
+        return MetricCollection({"miou": MulticlassJaccardIndex(3), "acc": MulticlassAccuracy(3)}, prefix="train_")
+
+    generator = torch.Generator().manual_seed(0)
+    batches = [(torch.randn(4, 3, 5, 5, generator=generator), torch.randint(0, 3, (4, 5, 5), generator=generator))
+               for _ in range(4)]
+    whole, stopped = fresh(), fresh()
+    for i, (scores, target) in enumerate(batches):
+        whole.update(scores, target)
+        if i < 2:
+            stopped.update(scores, target)
+    saved = metric_state(stopped)
+    assert stopped.state_dict() == {} and saved["states"]  # marked persistent only while saving
+    resumed = fresh()
+    restore_metric_state(resumed, saved, torch.device("cpu"))
+    for scores, target in batches[2:]:
+        resumed.update(scores, target)
+    assert resumed.state_dict() == {}
+    expected, got = whole.compute(), resumed.compute()
+    assert got.keys() == expected.keys()
+    for name in expected:
+        torch.testing.assert_close(got[name], expected[name])
+    restore_metric_state(resumed, {"states": {}, "updates": []}, torch.device("cpu"))  # an epoch-end checkpoint

@@ -19,6 +19,7 @@ from aistudio import AistudioError
 from aistudio.tasks.epoch_losses import EpochLosses
 from aistudio.tasks.examples import Example
 from aistudio.tasks.export_spec import ExportSpec
+from aistudio.tasks.metric_state import metric_state, restore_metric_state
 from aistudio.training.schedulers import build_scheduler
 
 log = logging.getLogger(__name__)
@@ -314,6 +315,15 @@ class MetricCollectionTask(TaskModule):
 
     def test_step(self, batch: Any, batch_idx: int) -> None:
         self._shared_step(batch, "test", self.test_metrics)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """A checkpoint written within an epoch also keeps the train metrics' counts for the resumed epoch."""
+        super().on_save_checkpoint(checkpoint)
+        checkpoint["epoch_train_metrics"] = metric_state(self.train_metrics)
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_load_checkpoint(checkpoint)
+        restore_metric_state(self.train_metrics, checkpoint.get("epoch_train_metrics"), self.device)
 
     def on_test_epoch_end(self) -> None:
         super().on_test_epoch_end()
