@@ -319,6 +319,8 @@ def assert_one_ddp_run(run_dir: Path, epochs: int) -> str:
     assert [m["epoch"] for m in json.loads((run_dir / "metrics.json").read_text())] == list(range(epochs))
     ranks = rank_digests(run_dir)
     assert set(ranks) == {"0", "1"} and ranks["0"] == ranks["1"], ranks  # both ranks trained this job's config
+    log = (run_dir / "logs" / "training.log").read_text()
+    assert "DDP rank 1" not in log, log[-2000:]  # rank 1 exited cleanly (code 0) once the job was done
     return ranks["0"]
 
 
@@ -326,7 +328,7 @@ def assert_one_ddp_run(run_dir: Path, epochs: int) -> str:
 def test_ddp_inside_a_multirun_trains_each_job_once_with_both_ranks_on_the_same_config(tmp_path, color_project):
     sweep = tmp_path / "sweep"
     result = run_train(["-m", "data=project", f"data.project={color_project}", *TINY, "hardware=cpu_ddp",
-                        "trainer.max_epochs=2", "seed=1,2", f"hydra.sweep.dir={sweep}"], tmp_path, timeout=600)
+                        "trainer.max_epochs=2", "seed=1,2", f"hydra.sweep.dir={sweep}"], tmp_path, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     dirs = job_dirs(sweep)
     assert len(dirs) == 2 and not (tmp_path / "runs").exists()  # no stray run directory from rank 1

@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import logging
 import os
+import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -61,18 +63,26 @@ DISTRIBUTED_ENV = ("MASTER_ADDR", "MASTER_PORT", "NODE_RANK", "LOCAL_RANK", "WOR
 
 
 @contextmanager
-def distributed_scope() -> Iterator[None]:
-    """Leave no DDP state behind for the next job of the same process (a sweep).
+def distributed_scope(trainer: Any) -> Iterator[None]:
+    """Leave no DDP state behind: every rank leaves its process group, and rank 0 waits for the ranks it
+    started, so the next job of the same process (a sweep) starts clean.
 
-    Lightning sets ``LOCAL_RANK=0`` and friends in rank 0's environment and keeps the process group.
-    The next job would then believe its ranks were started externally, launch none, and talk to the
-    previous job's dead rank 1 ("Connection closed by peer").
+    - Lightning sets ``LOCAL_RANK=0`` and friends in rank 0's environment and keeps the process group. The
+      next job would then believe its ranks were started externally, launch none, and talk to the previous
+      job's dead rank 1 ("Connection closed by peer"). The environment is restored.
+    - A rank that exits with its gloo group still alive can abort (SIGABRT) in interpreter finalisation:
+      gloo's worker threads still hold tensors whose release needs the GIL. Every rank leaves the group here.
+    - Lightning's child observer (a thread of rank 0 polling the started ranks every 5 s) SIGKILLs rank 0
+      when one of them exits non-zero, even after the job is done, i.e. in the middle of the sweep's next
+      job. :func:`reap_started_ranks` waits for them and then hands the observer nothing more to watch.
     """
     import torch.distributed as dist
 
     saved = {key: os.environ.get(key) for key in DISTRIBUTED_ENV}
+    finished = False
     try:
         yield
+        finished = True
     finally:
         if dist.is_available() and dist.is_initialized():
             dist.destroy_process_group()
@@ -81,3 +91,30 @@ def distributed_scope() -> Iterator[None]:
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
+        reap_started_ranks(getattr(getattr(trainer.strategy, "launcher", None), "procs", None), finished)
+
+
+FINISHED_GRACE_S = 60.0  # the other ranks end right after rank 0 (their test step is done too)
+FAILED_GRACE_S = 10.0  # rank 0 failed: the others may wait in a collective rank 0 will never join
+
+
+def reap_started_ranks(procs: list[Any] | None, finished: bool) -> None:
+    """Wait for the ranks rank 0 started (``Popen`` objects, rank 1 first), end those still running after a
+    grace period, say which ones exited abnormally, and empty ``procs`` in place (the list Lightning's
+    child observer polls: an empty list ends it)."""
+    if not procs:
+        return
+    deadline = time.monotonic() + (FINISHED_GRACE_S if finished else FAILED_GRACE_S)
+    for rank, proc in enumerate(procs, start=1):
+        try:
+            proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            log.warning("DDP rank %d (pid %d) was still running after rank 0 %s; it was killed", rank, proc.pid,
+                        "finished the job" if finished else "failed")
+            proc.kill()
+            proc.wait()
+            continue
+        if proc.returncode != 0 and finished:
+            log.warning("DDP rank %d (pid %d) exited with code %s after the job had finished (its results are "
+                        "complete; see its messages above)", rank, proc.pid, proc.returncode)
+    procs.clear()

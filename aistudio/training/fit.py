@@ -8,7 +8,6 @@ only the config and the validated project, not a run session or Hydra.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -107,7 +106,7 @@ def fit_and_test(config: dict[str, Any], project: Project, session: RunSession) 
     if relaunch:
         pin_relaunch_to_this_job()
     session.mark_running()
-    with distributed_scope() if relaunch else contextlib.nullcontext():
+    with distributed_scope(trainer):
         trainer.fit(module, datamodule=datamodule, ckpt_path=str(session.checkpoint) if session.checkpoint else None)
         if trainer.interrupted:
             raise SystemExit(1)
