@@ -16,7 +16,8 @@ raises a user error or an explained failure            ``failed`` with the one-l
 raises anything else                                   ``failed`` with the traceback; re-raised
 =====================================================  ==============================================
 
-Only global rank 0 records and locks (other DDP ranks get signals and the same mapping). A refused
+Only global rank 0 records and locks (other DDP ranks get signals and the same mapping; a failing rank
+leaves its reason in ``logs/``, which rank 0 records when all it saw was the lost connection). A refused
 start (the lock is held, the directory already holds another run) raises before anything is written.
 A pending record that a launcher wrote for this process (``aistudio serve``: the run exists from the
 click on) is taken over as this run (:func:`~aistudio.runs.record.awaiting_start`).
@@ -36,6 +37,7 @@ from aistudio.runs.failures import explain_failure
 from aistudio.runs.heartbeat import Heartbeat
 from aistudio.runs.lock import RunLock
 from aistudio.runs.rank import global_rank
+from aistudio.runs.rank_errors import clear_rank_errors, lost_peer, other_rank_failure, record_rank_error
 from aistudio.runs.record import HEARTBEAT_INTERVAL_S, RunRecord, awaiting_start, new_run_id
 from aistudio.runs.resume import slurm_fields, slurm_requeued
 from aistudio.runs.stop import StopSignals, stopped_by
@@ -71,6 +73,7 @@ class RunSession:
     def __enter__(self) -> RunSession:
         if global_rank() == 0:
             self.record = self._open_record()
+            clear_rank_errors(self.run_dir)  # an earlier attempt's (this directory's run is resumed)
         logging.captureWarnings(True)
         log.info("run directory: %s", self.run_dir)
         self.signals.install()  # restored in __exit__, whatever happens from here on
@@ -158,7 +161,9 @@ class RunSession:
                 self.record.mark_interrupted(f"training stopped (exit code {error.code}), e.g. Ctrl-C")
             return None
         own = user_error(error)
-        problem = own or explain_failure(error, self.failure_context)
+        problem = own or self._other_rank_failure(error) or explain_failure(error, self.failure_context)
+        if self.record is None and global_rank() != 0:
+            record_rank_error(self.run_dir, global_rank(), error)  # rank 0 records why the run failed
         if problem is not None:
             log.error("run failed: %s", problem)
         else:
@@ -166,6 +171,19 @@ class RunSession:
         if self.record:
             self.record.mark_failed(problem or error)
         return problem if problem is not None and problem is not own else None
+
+    def _other_rank_failure(self, error: BaseException) -> AistudioError | None:
+        """Rank 0 lost its connection to another DDP rank: that rank's own failure, when it left one (the
+        ranks rank 0 started have exited by now: ``ddp_relaunch.reap_started_ranks``)."""
+        if self.record is None or not lost_peer(error):
+            return None
+        other = other_rank_failure(self.run_dir)
+        if other is None:
+            return None
+        problem = AistudioError(f"DDP rank {other['rank']} failed: {other['message']} (rank 0 then lost its "
+                                "connection to it)")
+        problem.__cause__ = error
+        return problem
 
     def _release_lock(self) -> None:
         if self.lock:
