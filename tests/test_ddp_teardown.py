@@ -26,7 +26,8 @@ NEXT_JOB_AFTER_AN_ABORTED_RANK = textwrap.dedent("""
     from lightning.fabric.strategies.launchers.subprocess_script import _ChildProcessObserver
     from aistudio.training.ddp_relaunch import reap_started_ranks
 
-    procs = [subprocess.Popen([sys.executable, "-c", "import os, time; time.sleep(0.3); os.abort()"])]
+    abort = "import os, resource, time; resource.setrlimit(resource.RLIMIT_CORE, (0, 0)); time.sleep(0.3); os.abort()"
+    procs = [subprocess.Popen([sys.executable, "-c", abort])]  # no core file, whatever the machine's limit
     _ChildProcessObserver(main_pid=os.getpid(), child_processes=procs, sleep_period=1).start()
     reap_started_ranks(procs if sys.argv[1] == "reap" else list(procs), finished=True)
     time.sleep(2.5)  # the next job: two of the observer's polls
