@@ -8,9 +8,11 @@ must not get rank 0 killed in the middle of a sweep's next job, and a rank still
 from __future__ import annotations
 
 import logging
+import re
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 
@@ -73,7 +75,9 @@ def test_the_run_records_the_failing_ranks_own_error_not_the_lost_connection(tmp
     corrupt = tmp_path / "truncated.png"
     corrupt.write_bytes((color_project / "img" / "red_00.png").read_bytes()[:60])
     run_dir = tmp_path / "run"
-    result = run_train(["data=project", f"data.project={color_project}", *FAST_TRAIN, "data.image_size=16",
+    # workers on: "auto" gives each of 2 ranks on 2 cores none, so one is asked for
+    with_workers = [arg for arg in FAST_TRAIN if not arg.startswith("data.num_workers")] + ["data.num_workers=1"]
+    result = run_train(["data=project", f"data.project={color_project}", *with_workers, "data.image_size=16",
                         "hardware=cpu_ddp", "trainer.max_epochs=2", f"hydra.run.dir={run_dir}",
                         "+callbacks.fail._target_=tests.failing_rank.DecodeOnRank",
                         f"+callbacks.fail.rank={failing_rank}", f"+callbacks.fail.path={corrupt}"], tmp_path,
@@ -89,6 +93,8 @@ def test_the_run_records_the_failing_ranks_own_error_not_the_lost_connection(tmp
     assert errors and str(corrupt) in errors[-1], result.stderr[-3000:]
     assert errors[-1].startswith("Error: DDP rank 1 failed:") == (failing_rank == 1)
     assert not list((run_dir / "checkpoints").glob("*.tmp*"))  # nothing half-written left behind
+    rank1 = int(re.search(r"process rank 1 \(pid (\d+)\)", (run_dir / "logs" / "training.log").read_text())[1])
+    assert not Path(f"/proc/{rank1}").exists()  # rank 0 waited for the rank it started: nothing left running
 
 
 def test_rank_errors_prefer_a_ranks_own_failure_and_an_earlier_attempts_are_cleared(tmp_path):

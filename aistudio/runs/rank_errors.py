@@ -16,7 +16,7 @@ from typing import Any
 from aistudio import exception_chain, user_error
 from aistudio.runs.atomic import atomic_write_json
 
-RANK_ERROR = "logs/rank{rank}-error.json"
+RANK_ERROR = "rank{rank}-error.json"  # in the run's logs/
 _LOST_PEER_MARKERS = ("connection closed by peer", "connection reset by peer", "broken pipe")
 _DISTRIBUTED_ERRORS = ("DistError", "DistBackendError", "DistNetworkError", "DistStoreError")
 
@@ -26,7 +26,7 @@ def record_rank_error(run_dir: Path, rank: int, error: BaseException) -> None:
     own = user_error(error)
     message = str(own) if own is not None else f"{type(error).__name__}: {str(error).strip()[:500]}"
     try:
-        atomic_write_json(run_dir / RANK_ERROR.format(rank=rank),
+        atomic_write_json(run_dir / "logs" / RANK_ERROR.format(rank=rank),
                           {"rank": rank, "message": message, "lost_peer": lost_peer(error)})
     except OSError:
         pass
@@ -34,14 +34,14 @@ def record_rank_error(run_dir: Path, rank: int, error: BaseException) -> None:
 
 def clear_rank_errors(run_dir: Path) -> None:
     """Remove the files of an earlier attempt in the same run directory (a resumed run)."""
-    for path in (run_dir / "logs").glob(RANK_ERROR.format(rank="*").split("/")[-1]):
+    for path in _rank_error_files(run_dir):
         path.unlink(missing_ok=True)
 
 
 def other_rank_failure(run_dir: Path) -> dict[str, Any] | None:
     """The first rank's own failure (not itself a lost connection), if any rank left one."""
     found = []
-    for path in (run_dir / "logs").glob(RANK_ERROR.format(rank="*").split("/")[-1]):
+    for path in _rank_error_files(run_dir):
         try:
             entry = json.loads(path.read_text())
         except (OSError, ValueError):
@@ -49,6 +49,10 @@ def other_rank_failure(run_dir: Path) -> dict[str, Any] | None:
         if isinstance(entry, dict) and not entry.get("lost_peer"):
             found.append(entry)
     return min(found, key=lambda entry: int(entry.get("rank", 0)), default=None)
+
+
+def _rank_error_files(run_dir: Path) -> list[Path]:
+    return list((run_dir / "logs").glob(RANK_ERROR.format(rank="*")))
 
 
 def lost_peer(error: BaseException) -> bool:
