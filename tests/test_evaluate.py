@@ -153,6 +153,35 @@ def test_export_format_is_checked_before_anything_is_built(tmp_path):
 
 
 # -- pictures ---------------------------------------------------------------------------------------
+def test_the_plots_added_after_the_run_leave_no_tensorboard_writer_open(tmp_path):
+    # the Trainer closes its SummaryWriter when a run ends; the plots written after it re-open one (a new
+    # event file and writer thread), which must be closed again: a sweep's process runs many jobs
+    import threading
+
+    import cv2
+    import numpy as np
+    from lightning.pytorch.loggers import TensorBoardLogger
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from aistudio.evaluation.plotting import log_to_tensorboard
+
+    def writer_threads() -> int:
+        return sum(type(t).__name__ == "_AsyncWriterThread" and t.is_alive() for t in threading.enumerate())
+
+    before = writer_threads()
+    logger = TensorBoardLogger(str(tmp_path), name="", version="")
+    logger.log_metrics({"val_acc": 0.5}, step=1)
+    logger.finalize("success")
+    assert writer_threads() == before
+    cv2.imwrite(str(tmp_path / "curves.png"), np.full((8, 8, 3), 200, np.uint8))
+    log_to_tensorboard([logger], {"curves": tmp_path / "curves.png"}, 1, {"model": "resnet18"},
+                       {"val_acc": 0.5}, {"best_val_acc": 0.5})
+    assert writer_threads() == before
+    events = EventAccumulator(str(tmp_path), size_guidance={"images": 0})
+    events.Reload()
+    assert "plots/curves" in events.Tags()["images"] and events.Scalars("best_val_acc")[-1].value == 0.5
+
+
 @pytest.mark.slow
 def test_a_finished_run_has_plots_and_tensorboard_images_with_an_hparams_entry(tiny_classifier_run):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator

@@ -92,7 +92,9 @@ def log_to_tensorboard(loggers: list[Any], plots: dict[str, Path], step: int, pa
             writer.add_scalar(name, value, global_step=step)
         for summary in hparams(params, metrics):
             writer._get_file_writer().add_summary(summary)
-        writer.flush()
+        # the Trainer closed this writer when the run ended; adding to it opened a new event file with its
+        # own writer thread, which nothing else closes (a sweep's process would keep one per job)
+        writer.close()
 
 
 def hparams_of(record: dict[str, Any], config: dict[str, Any]) -> dict[str, Any]:
