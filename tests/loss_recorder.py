@@ -1,6 +1,5 @@
 """Test-only helpers: :class:`LossRecorder` records every step's loss and batch size on each process;
-:class:`SignalAt` stops a run with a signal at a chosen batch; :class:`UnevenValDataModule` gives the DDP
-ranks different numbers of validation images.
+:class:`SignalAt` stops a run with a signal at a chosen batch.
 
 Added to a real ``train.py`` run by Hydra overrides (the subprocess runs from the repository root, where
 ``tests`` is an importable package)::
@@ -22,12 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.distributed as dist
 from lightning.pytorch.callbacks import Callback
-from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
-from torch.utils.data import DataLoader
-
-from aistudio.data.datamodule import ProjectDataModule
 
 
 def batch_size_of(batch: Any) -> int:
@@ -91,23 +85,3 @@ class SignalAt(Callback):
                 and not self.marker.exists()):
             self.marker.write_text(f"epoch {self.epoch} batch {self.batch}\n")
             os.kill(os.getpid(), self.signum)
-
-
-
-class UnevenValDataModule(ProjectDataModule):
-    """The project data module, but under DDP its validation split is sharded without padding (Lightning's
-    ``UnrepeatedDistributedSampler``, what its predict loop uses): with an odd number of images the ranks
-    validate different numbers of them. Needs ``+trainer.use_distributed_sampler=false`` (the training
-    sampler shards itself; the test loop then runs the whole split on every rank)."""
-
-    def val_dataloader(self) -> DataLoader:
-        loader = super().val_dataloader()
-        if not (dist.is_available() and dist.is_initialized()):
-            return loader
-        sampler = UnrepeatedDistributedSampler(loader.dataset, num_replicas=dist.get_world_size(),
-                                               rank=dist.get_rank(), shuffle=False)
-        return DataLoader(loader.dataset, batch_size=loader.batch_size, sampler=sampler,
-                          num_workers=loader.num_workers, collate_fn=loader.collate_fn,
-                          pin_memory=loader.pin_memory, worker_init_fn=loader.worker_init_fn,
-                          persistent_workers=loader.persistent_workers,
-                          prefetch_factor=loader.prefetch_factor if loader.num_workers else None)

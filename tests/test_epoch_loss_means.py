@@ -19,20 +19,12 @@ def weighted_mean(steps: list[tuple[int, float]]) -> float:
     return sum(n * loss for n, loss in steps) / sum(n for n, _ in steps)
 
 
-# padded: the default, every rank gets as many images (the samplers repeat some), so the ranks' batch
-# sizes are the same and an equal-weight mean of the ranks' weighted means happens to be the exact mean
-# too. uneven: validation sharded without padding (tests/loss_recorder.py's UnevenValDataModule): rank 0
-# validates 4 images, rank 1 3, and only sums and counts added over processes give the exact mean
-VAL_SHARDING = {"padded": ([], [[3, 1], [3, 1]]),
-                "uneven": (["data._target_=tests.loss_recorder.UnevenValDataModule",
-                            "+trainer.use_distributed_sampler=false"], [[3, 1], [3]])}
-
-
 @pytest.mark.slow
-@pytest.mark.parametrize("val_sharding", list(VAL_SHARDING))
-def test_ddp_epoch_losses_are_the_batch_weighted_mean_of_both_ranks_steps(tmp_path, val_sharding):
-    # 27 train images: the sampler pads to 28, 14 a rank, in batches of 5, 5, 4 on both ranks; 7 val images;
-    # 5 test images (padded: 3 a rank, one batch; uneven: the whole split on each rank, batches of 3, 2)
+def test_ddp_epoch_losses_are_the_batch_weighted_mean_of_both_ranks_steps_each_image_scored_once(tmp_path):
+    # 27 train images: the sampler pads to 28, 14 a rank, in batches of 5, 5, 4 on both ranks. Evaluation is
+    # sharded without padding (aistudio/data/sampling.py's EvalShardSampler): of the 7 val images rank 0
+    # scores 4 (batches of 3, 1) and rank 1 3; of the 5 test images 3 and 2. Only sums and counts added
+    # over processes give the exact mean then (an equal-weight mean of the ranks' means does not).
     project = make_color_project(tmp_path / "colors", per_class=13)
 
     def one_test_image_to_val(data):
@@ -40,11 +32,10 @@ def test_ddp_epoch_losses_are_the_batch_weighted_mean_of_both_ranks_steps(tmp_pa
         image["split"][0] = "val"
 
     edit_dataset(project, one_test_image_to_val)
-    overrides, val_sizes = VAL_SHARDING[val_sharding]
     run_dir, steps_dir = tmp_path / "run", tmp_path / "steps"
     result = run_train(["data=project", f"data.project={project}", "hardware=cpu_ddp", "data.image_size=16",
                         "data.batch_size=5", "data.eval_batch_size=3", "model=resnet18", "optimizer.lr=0.01",
-                        "trainer.max_epochs=2", "callbacks.early_stopping=null", "plots=false", *overrides,
+                        "trainer.max_epochs=2", "callbacks.early_stopping=null", "plots=false",
                         RECORDER, f"+callbacks.loss_recorder.directory={steps_dir}", f"hydra.run.dir={run_dir}"],
                        tmp_path, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -56,7 +47,7 @@ def test_ddp_epoch_losses_are_the_batch_weighted_mean_of_both_ranks_steps(tmp_pa
         chosen = ranks if rank is None else [ranks[rank]]
         return [(int(n), loss) for r in chosen for e, n, loss in r[stage] if epoch is None or e == epoch]
 
-    for stage, sizes in (("train", [[5, 5, 4], [5, 5, 4]]), ("val", val_sizes)):
+    for stage, sizes in (("train", [[5, 5, 4], [5, 5, 4]]), ("val", [[3, 1], [3]])):
         for epoch in (0, 1):
             assert [[n for n, _ in steps(stage, epoch, rank)] for rank in (0, 1)] == sizes, (stage, epoch)
             expected = weighted_mean(steps(stage, epoch))
@@ -77,7 +68,7 @@ def test_ddp_epoch_losses_are_the_batch_weighted_mean_of_both_ranks_steps(tmp_pa
     # the test of the best checkpoint after fit, on the same two processes
     test_metrics = json.loads((run_dir / "run.json").read_text())["test_metrics"]
     test_sizes = [[n for n, _ in steps("test", None, rank)] for rank in (0, 1)]
-    assert test_sizes == ([[3], [3]] if val_sharding == "padded" else [[3, 2], [3, 2]])
+    assert test_sizes == [[3], [2]]  # the 5 test images, each on one rank (padding would score 6)
     assert test_metrics["test_loss"] == pytest.approx(weighted_mean(steps("test", None)), rel=1e-5)
 
 

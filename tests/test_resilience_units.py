@@ -14,7 +14,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from aistudio import AistudioError
-from aistudio.data.sampling import EpochShuffleSampler
+from aistudio.data.sampling import EpochShuffleSampler, EvalShardSampler
 from aistudio.runs.failures import explain_failure
 from aistudio.runs.lock import RunLock
 
@@ -64,6 +64,21 @@ def test_ranks_take_disjoint_shards_of_the_same_permutation():
         shards.append([i for i, _ in keys(sampler, 5)])
     assert all(len(s) == 4 for s in shards)  # padded to equal length, as DistributedSampler does
     assert set().union(*map(set, shards)) == set(range(10))
+
+
+@pytest.mark.parametrize("size", [7, 8, 3])
+def test_evaluation_shards_score_every_image_exactly_once_over_the_ranks(size):
+    shards = [list(EvalShardSampler(Sized(size), num_replicas=3, rank=rank)) for rank in range(3)]
+    assert sorted(i for shard in shards for i in shard) == list(range(size))  # no image twice, none left out
+    assert [len(shard) for shard in shards] == [len(EvalShardSampler(Sized(size), 3, r)) for r in range(3)]
+    assert max(map(len, shards)) - min(map(len, shards)) <= 1
+    assert shards[0] == list(range(0, size, 3))  # in order: rank r takes images r, r + 3, ...
+
+
+def test_an_evaluation_split_smaller_than_the_world_still_gives_every_rank_an_image():
+    # DDP syncs buffers on the first evaluation forward: a rank without a batch would leave the others waiting
+    shards = [list(EvalShardSampler(Sized(2), num_replicas=3, rank=rank)) for rank in range(3)]
+    assert all(len(shard) == 1 for shard in shards) and {i for s in shards for i in s} == {0, 1}
 
 
 def test_rpn_anchors_follow_the_config_and_the_model_still_trains():

@@ -16,7 +16,7 @@ from aistudio import AistudioError
 from aistudio.data.annotation_parsers import AnnotationParser
 from aistudio.data.pixel_scaling import PixelScaling, split_scaling
 from aistudio.data.project import Project, load_and_report
-from aistudio.data.sampling import EpochShuffleSampler
+from aistudio.data.sampling import EpochShuffleSampler, EvalShardSampler, distributed_world
 from aistudio.runs.stop import ignore_stop_signals, reap_workers_at_exit
 
 log = logging.getLogger(__name__)
@@ -213,7 +213,7 @@ class ProjectDataModule(pl.LightningDataModule):
         # training: order and augmentation seeds from (seed, epoch) alone, so a resumed run sees
         # exactly what the uninterrupted run would have seen (see aistudio/data/sampling.py)
         dataset = self._loader_dataset(split)
-        sampler = EpochShuffleSampler(dataset, seed=self.seed, batch_size=self.batch_size) if shuffle else None
+        sampler = self._sampler(dataset, shuffle)
         if self.auto_workers and trainer is not None and trainer.num_devices > 1:  # this machine's DDP processes
             self.num_workers = default_num_workers(trainer.num_devices)
         if self.num_workers > 0:
@@ -231,6 +231,13 @@ class ProjectDataModule(pl.LightningDataModule):
             drop_last=drop_last,
             worker_init_fn=init_worker if self.num_workers > 0 else None,
         )
+
+    def _sampler(self, dataset: Any, shuffle: bool) -> Any:
+        """Training: the (seed, epoch) order, sharded over DDP ranks. Evaluation: the split in order,
+        each image on one rank only under DDP (:class:`EvalShardSampler`), so no image is scored twice."""
+        if shuffle:
+            return EpochShuffleSampler(dataset, seed=self.seed, batch_size=self.batch_size)
+        return EvalShardSampler(dataset) if distributed_world()[0] > 1 else None
 
     def _images_per_rank(self, split: str, trainer: Any) -> int:
         """The images one process trains on per epoch: under DDP its shard, padded to the same size on every

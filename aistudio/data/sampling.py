@@ -11,6 +11,10 @@ so the result still does not depend on the number of workers or on which worker 
 
 It subclasses ``DistributedSampler`` so that under DDP Lightning keeps it (and calls ``set_epoch``):
 each rank takes its own shard of the same permutation.
+
+Evaluation under DDP shards with :class:`EvalShardSampler` instead of the ``DistributedSampler`` Lightning
+would inject: that one pads the split so every rank gets as many images, which counts some images twice
+in the validation and test scores.
 """
 
 from __future__ import annotations
@@ -36,15 +40,21 @@ def seed_transform(transform: Any, seed: int | None) -> None:
         transform.set_random_seed(seed)
 
 
+def distributed_world() -> tuple[int, int]:
+    """(world size, rank) of the initialised process group; (1, 0) without one."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_world_size(), dist.get_rank()
+    return 1, 0
+
+
 class EpochShuffleSampler(DistributedSampler):
     """Shuffled ``(index, augmentation seed)`` keys determined by ``seed`` and the epoch alone."""
 
     def __init__(self, dataset: Any, seed: int = 0, drop_last: bool = False, batch_size: int = 1):
-        import torch.distributed as dist
-
-        distributed = dist.is_available() and dist.is_initialized()
-        super().__init__(dataset, num_replicas=dist.get_world_size() if distributed else 1,
-                         rank=dist.get_rank() if distributed else 0, shuffle=True, seed=seed, drop_last=drop_last)
+        replicas, rank = distributed_world()
+        super().__init__(dataset, num_replicas=replicas, rank=rank, shuffle=True, seed=seed, drop_last=drop_last)
         self._skip = 0
         self.batch_size = max(1, int(batch_size))
 
@@ -65,3 +75,28 @@ class EpochShuffleSampler(DistributedSampler):
                                                self.num_replicas), start=skip):
             index = order[position]
             yield index, (seeds[index] if count % self.batch_size == 0 else None)
+
+
+class EvalShardSampler(DistributedSampler):
+    """A validation/test split under DDP: rank r evaluates images r, r + W, r + 2W, ... (W processes), so
+    every image is scored exactly once over all ranks and the ranks' counts differ by at most one.
+
+    Lightning's default ``DistributedSampler`` repeats images to give every rank as many: with 7 images on
+    2 ranks one is scored twice, and the reported accuracy, mAP or test loss are not the split's. Nothing in
+    an evaluation step needs the ranks in lockstep (losses and metrics are reduced once, at epoch end, from
+    sums and counts), except DDP's buffer sync on the first forward, so each rank needs at least one image:
+    a split smaller than the world keeps the padding (then every rank scores one image, some twice).
+    """
+
+    def __init__(self, dataset: Any, num_replicas: int | None = None, rank: int | None = None):
+        world, own_rank = distributed_world()
+        replicas, rank = num_replicas or world, own_rank if rank is None else rank
+        super().__init__(dataset, num_replicas=replicas, rank=rank, shuffle=False, drop_last=False)
+        size = len(dataset)
+        if size >= replicas:
+            self.num_samples, self.total_size = len(range(rank, size, replicas)), size
+
+    def __iter__(self) -> Iterator[int]:
+        if self.total_size == len(self.dataset):  # type: ignore[arg-type]
+            return iter(range(self.rank, self.total_size, self.num_replicas))
+        return super().__iter__()

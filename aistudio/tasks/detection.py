@@ -21,6 +21,7 @@ from torchmetrics.detection import MeanAveragePrecision
 from aistudio.tasks.base import TaskModule
 from aistudio.tasks.examples import Example, detection_examples
 from aistudio.tasks.export_spec import DetectorOutputs, ExportSpec
+from aistudio.tasks.sharded_map import ShardedMeanAveragePrecision
 
 logging.getLogger("faster_coco_eval").setLevel(logging.WARNING)  # it prints the COCO table at INFO
 
@@ -53,7 +54,7 @@ class DetectionModule(TaskModule):
         # COCO's own thresholds in float64: torchmetrics' defaults are float32 (0.550000012, 0.699999988...),
         # which moves recall points that fall exactly on a threshold and makes mAP differ from COCOeval.
         # A second metric at IoU 0.5 alone gives per-class AP@0.5 (VOC-style), which COCO's summary lacks.
-        return MeanAveragePrecision(box_format="xyxy", iou_type=self.iou_types, class_metrics=True,
+        return ShardedMeanAveragePrecision(box_format="xyxy", iou_type=self.iou_types, class_metrics=True,
                                     backend="faster_coco_eval", iou_thresholds=iou_thresholds or COCO_IOU_THRESHOLDS,
                                     rec_thresholds=COCO_RECALL_THRESHOLDS, extended_summary=extended_summary)
 
