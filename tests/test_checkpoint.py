@@ -21,6 +21,60 @@ def test_atomic_write_leaves_no_temp_and_link_survives_rewrite(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["best.ckpt", "last.ckpt"]
 
 
+def test_commit_behind_writes_in_line_and_renames_after_the_fsync_in_order_with_links(tmp_path, monkeypatch):
+    import os
+    import threading
+
+    io = AtomicCheckpointIO(background="auto").for_accelerator("cpu")
+    assert io.mode == "commit_behind" and not io.background
+    caller, synced = threading.get_ident(), []
+    real_save, real_fsync = torch.save, os.fsync
+    release = threading.Event()
+
+    def save(checkpoint, handle, *args, **kwargs):
+        assert threading.get_ident() == caller  # the serialising stays on the training thread
+        return real_save(checkpoint, handle, *args, **kwargs)
+
+    def slow_fsync(fd):  # a disk that takes its time: the caller must not wait for it
+        assert threading.get_ident() != caller
+        release.wait(10)
+        synced.append(fd)
+        return real_fsync(fd)
+
+    monkeypatch.setattr(torch, "save", save)
+    monkeypatch.setattr(os, "fsync", slow_fsync)
+    best, last = tmp_path / "best.ckpt", tmp_path / "last.ckpt"
+    io.save_checkpoint({"epoch": 3, "w": torch.ones(4)}, best)
+    io.link(best, last)
+    assert not best.exists() and not last.exists() and not synced  # returned before the fsync and rename
+    release.set()
+    io.teardown()
+    assert synced and torch.load(best)["epoch"] == 3 and best.stat().st_ino == last.stat().st_ino
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["best.ckpt", "last.ckpt"]
+
+
+def test_commit_behind_failure_keeps_the_old_file_and_stops_the_next_write(tmp_path, monkeypatch):
+    import errno
+    import os
+
+    from aistudio.training.checkpoint import CheckpointWriteError
+
+    io = AtomicCheckpointIO(background="auto").for_accelerator("cpu")
+    last = tmp_path / "last.ckpt"
+    io.save_checkpoint({"epoch": 1}, last)
+    io.wait()
+
+    def failing_fsync(fd):  # delayed allocation: a full disk can first show at the fsync
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "fsync", failing_fsync)
+    io.save_checkpoint({"epoch": 2}, last)
+    io.wait()
+    assert io.failed
+    with pytest.raises(CheckpointWriteError, match="No space left on device"):
+        io.save_checkpoint({"epoch": 3}, last)  # raised before anything more is written
+    assert torch.load(last)["epoch"] == 1 and sorted(p.name for p in tmp_path.iterdir()) == ["last.ckpt"]
+    io.teardown()  # already raised to the caller: not again
 
 
 @pytest.mark.parametrize(("save_on_tie", "best_epoch"), [(True, 3), (False, 1)])

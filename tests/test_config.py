@@ -171,8 +171,22 @@ def test_callbacks_and_trainer_instantiate(compose_cfg, tmp_path):
     assert (checkpoint.monitor, checkpoint.mode) == ("val_acc", "max")
     trainer = build_trainer(cfg, RunDirectoryCallback(tmp_path, None, "val_acc", "max"))
     assert trainer.max_epochs == cfg.trainer.max_epochs
-    assert isinstance(trainer.strategy.checkpoint_io, AtomicCheckpointIO) and trainer.strategy.checkpoint_io.background
+    # checkpoint_io.background=auto: on the CPU the file is written in line (a writer thread would take the
+    # training threads' cores) and only its fsync + rename wait in the background
+    assert isinstance(trainer.strategy.checkpoint_io, AtomicCheckpointIO)
+    assert cfg.checkpoint_io.background == "auto" and trainer.strategy.checkpoint_io.mode == "commit_behind"
+    forced = compose_cfg("hardware=cpu", "checkpoint_io.background=true")
+    assert build_trainer(forced, RunDirectoryCallback(tmp_path, None, "val_acc", "max")).strategy.checkpoint_io.background
     assert next(c for c in trainer.callbacks if isinstance(c, EarlyStopping)).patience == 3
+
+
+def test_checkpoint_writes_go_to_the_background_only_where_an_accelerator_trains():
+    from aistudio.training.checkpoint import write_mode
+
+    assert write_mode("auto", "gpu") == "background" and write_mode("auto", "cpu") == "commit_behind"
+    assert write_mode(True, "cpu") == "background" and write_mode(False, "gpu") == "in_line"
+    with pytest.raises(AistudioError, match="checkpoint_io.background='sometimes' is not a choice"):
+        write_mode("sometimes", "gpu")
 
 
 @pytest.mark.parametrize("name", options("debug"))

@@ -33,6 +33,12 @@ def atomic_write(path: str | Path, write: Callable[[IO[Any]], object], mode: str
     heartbeat and epoch count), where the next write comes soon and a status change is fsync'd anyway.
     A temp file left by a kill is named ``.<name>.*.tmp``; :func:`remove_stale_temp_files` clears them.
     """
+    commit_temp(write_temp(path, write, mode), path, durable)
+
+
+def write_temp(path: str | Path, write: Callable[[IO[Any]], object], mode: str = "w") -> Path:
+    """The first half of :func:`atomic_write`: ``write(handle)`` into a new temp file beside ``path``
+    (flushed, not yet fsync'd); returns the temp file. On failure it is removed and the error raised."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMP_SUFFIX, dir=path.parent)
@@ -41,8 +47,22 @@ def atomic_write(path: str | Path, write: Callable[[IO[Any]], object], mode: str
         with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as handle:
             write(handle)
             handle.flush()
-            if durable:
-                os.fsync(handle.fileno())
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return Path(tmp)
+
+
+def commit_temp(tmp: str | Path, path: str | Path, durable: bool = True) -> None:
+    """The second half of :func:`atomic_write`: fsync the temp file (unless not ``durable``), then rename
+    it over ``path``. On failure the temp file is removed and the error raised."""
+    try:
+        if durable:
+            fd = os.open(tmp, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -26,6 +26,13 @@ def instantiate_all(group: Mapping[str, Any] | None) -> list[Any]:
     return built
 
 
+def build_checkpoint_io(node: Mapping[str, Any] | None, accelerator: str) -> Any:
+    """``checkpoint_io``, its ``background="auto"`` resolved for ``accelerator`` (see
+    :class:`aistudio.training.checkpoint.AtomicCheckpointIO`); none configured: atomic writes in line."""
+    checkpoint_io = instantiate(node) if node else AtomicCheckpointIO()
+    return checkpoint_io.for_accelerator(accelerator) if isinstance(checkpoint_io, AtomicCheckpointIO) else checkpoint_io
+
+
 def build_trainer(config: Mapping[str, Any], run_callback: RunDirectoryCallback,
                   extra_callbacks: Iterable[Any] = ()) -> pl.Trainer:
     """The Trainer of a resolved config (a plain dict, as config.json holds it, or the composed DictConfig)."""
@@ -36,7 +43,7 @@ def build_trainer(config: Mapping[str, Any], run_callback: RunDirectoryCallback,
     hardware = instantiate(config["hardware"])
     callbacks.append(SpeedSettings(**hardware.pop("speed", {})))
     has_bar = any(isinstance(c, pl.callbacks.ProgressBar) for c in callbacks)
-    checkpoint_io = instantiate(config["checkpoint_io"]) if config.get("checkpoint_io") else AtomicCheckpointIO()
+    checkpoint_io = build_checkpoint_io(config.get("checkpoint_io"), hardware["accelerator"])
     return instantiate(config["trainer"], callbacks=callbacks, logger=loggers or False, plugins=[checkpoint_io],
                        enable_progress_bar=has_bar, **hardware)
 

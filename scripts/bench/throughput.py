@@ -9,7 +9,10 @@ ProjectDataModule loader (ClassificationDataset + the same albumentations pipeli
 num_workers), the same optimizer settings and torch thread count. Rounds alternate raw, framework, raw,
 framework... to cancel drift; in each, epoch 0 is warm-up and only later epochs are timed (see
 EpochTimer for what a framework epoch includes). Target: framework/raw >= 0.97 (--target). The "checkpoint s"
-column says how much of the framework's time went into writing best.ckpt/last.ckpt.
+column says how much of the framework's time went into writing best.ckpt/last.ckpt. "CPU ms/image" is this
+process's CPU time (every thread of it; DataLoader workers are other processes) over the same span: on a
+shared VM the wall-clock ratio moves by 10% between rounds, the CPU-time ratio far less, so a gap in both
+is the framework's own work and a gap in wall time alone is the machine.
 
 The same comparison runs for any recipe and speed setting, each applied to both sides alike:
 ``--experiment shapes_detection`` (a detector: the raw loop sums the model's loss dict), ``--precision``
@@ -68,6 +71,7 @@ class Measure:
     val_seconds: float = 0.0  # framework only: validation time subtracted
     checkpoint_seconds: float = 0.0  # framework only: trainer.save_checkpoint time, included in seconds
     epoch_end_seconds: float = 0.0  # framework only: last training step's end -> next epoch, minus validation
+    cpu_seconds: float = 0.0  # this process's CPU time (all its threads) over the same span as ``seconds``
 
     @property
     def rate(self) -> float:
@@ -90,11 +94,14 @@ class EpochTimer(pl.Callback):
     def __init__(self, sync_cuda: bool = False):
         self.sync_cuda = sync_cuda
         self.starts: list[float] = []
+        self.cpu_starts: list[float] = []
         self.val: list[float] = []
+        self.val_cpu: list[float] = []
         self.images: list[int] = []
         self.checkpoint: list[float] = []
         self.last_step_end: list[float] = []
-        self.end = 0.0
+        self.end = self.cpu_end = 0.0
+        self._val_cpu_start = 0.0
         self.threads = torch.get_num_threads()
         self._val_start = 0.0
         EpochTimer.instances.append(self)
@@ -118,7 +125,9 @@ class EpochTimer(pl.Callback):
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.starts.append(self._now())
+        self.cpu_starts.append(time.process_time())
         self.val.append(0.0)
+        self.val_cpu.append(0.0)
         self.checkpoint.append(0.0)
         self.last_step_end.append(0.0)
         self.images.append(0)
@@ -136,21 +145,25 @@ class EpochTimer(pl.Callback):
     def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not trainer.sanity_checking:
             self._val_start = self._now()
+            self._val_cpu_start = time.process_time()
 
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not trainer.sanity_checking and self.val:
             self.val[-1] += self._now() - self._val_start
+            self.val_cpu[-1] += time.process_time() - self._val_cpu_start
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.end = self._now()
+        self.cpu_end = time.process_time()
 
     def measure(self, round_: int) -> Measure:
-        ends = self.starts[1:] + [self.end]
+        ends, cpu_ends = self.starts[1:] + [self.end], self.cpu_starts[1:] + [self.cpu_end]
         timed = range(1, len(self.starts))  # epoch 0 is warm-up
         return Measure("framework", round_, len(timed), sum(self.images[k] for k in timed),
                        sum(ends[k] - self.starts[k] - self.val[k] for k in timed), self.threads,
                        sum(self.val[k] for k in timed), sum(self.checkpoint[k] for k in timed),
-                       sum(ends[k] - self.last_step_end[k] - self.val[k] for k in timed if self.last_step_end[k]))
+                       sum(ends[k] - self.last_step_end[k] - self.val[k] for k in timed if self.last_step_end[k]),
+                       sum(cpu_ends[k] - self.cpu_starts[k] - self.val_cpu[k] for k in timed))
 
 
 def compose_config(args: argparse.Namespace) -> DictConfig:
@@ -255,11 +268,11 @@ def run_raw(args: argparse.Namespace, round_: int) -> Measure:
     detection = cfg.task.name != "classification"
     limit = args.limit_batches or None
     model.train()
-    seconds, images = 0.0, 0
+    seconds, images, cpu_seconds = 0.0, 0, 0.0
     for epoch in range(args.epochs):
         if gpu:
             torch.cuda.synchronize()
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         seen = 0
         for step, (x, y) in enumerate(loader):
             if limit and step >= limit:
@@ -277,10 +290,11 @@ def run_raw(args: argparse.Namespace, round_: int) -> Measure:
             torch.cuda.synchronize()
         if epoch > 0:
             seconds += time.perf_counter() - start
+            cpu_seconds += time.process_time() - cpu_start
             images += seen
     threads = torch.get_num_threads()
     del loader, datamodule  # stop the persistent workers before the other side runs
-    return Measure("raw", round_, args.epochs - 1, images, seconds, threads)
+    return Measure("raw", round_, args.epochs - 1, images, seconds, threads, cpu_seconds=cpu_seconds)
 
 
 def loader_ceiling(args: argparse.Namespace) -> float:
@@ -360,7 +374,8 @@ def main() -> int:
     ceiling = loader_ceiling(args) if args.loader_ceiling else None
 
     framework = [m for m in results if m.side == "framework"]
-    rows = [[m.side, m.round, m.epochs, m.images, m.seconds, f"{m.rate:.1f}", m.threads,
+    rows = [[m.side, m.round, m.epochs, m.images, m.seconds, f"{m.rate:.1f}", f"{m.cpu_seconds / m.images * 1e3:.2f}",
+             m.threads,
              m.checkpoint_seconds if m.side == "framework" else "-",
              m.epoch_end_seconds if m.side == "framework" else "-",
              m.val_seconds if m.side == "framework" else "-"]
@@ -372,11 +387,16 @@ def main() -> int:
     ratio = totals["framework"] / totals["raw"]
     per_round = [f"{f.rate / r.rate:.3f}" for r, f in zip(results[::2], results[1::2])]
     print(f"\nthroughput: {setup}\n")
-    print(table(["side", "round", "timed epochs", "images", "train s", "images/s", "threads",
+    print(table(["side", "round", "timed epochs", "images", "train s", "images/s", "CPU ms/image", "threads",
                  "of which checkpoint s", "of which epoch ends s", "val s (subtracted)"], rows))
     print(f"\nimages/s over all rounds: raw {totals['raw']:.1f}, framework {totals['framework']:.1f}")
     print(f"ratio framework/raw: {ratio:.3f}   target >= {args.target}   "
           f"[{'ok' if ratio >= args.target else 'UNDER'}]   (per round: {', '.join(per_round)})")
+    cpu = {side: sum(m.cpu_seconds for m in results if m.side == side) / sum(m.images for m in results if m.side == side)
+           for side in ("raw", "framework")}
+    print(f"by this process's CPU time per image (noise from other tenants of the host left out): "
+          f"framework/raw {cpu['raw'] / cpu['framework']:.3f} (per round: "
+          f"{', '.join(f'{(r.cpu_seconds / r.images) / (f.cpu_seconds / f.images):.3f}' for r, f in zip(results[::2], results[1::2]))})")
     if ceiling is not None:
         print(f"loader alone (no model): {ceiling:.1f} images/s = {ceiling / totals['raw']:.2f}x the raw loop")
     no_ckpt = sum(m.images for m in framework) / sum(m.seconds - m.checkpoint_seconds for m in framework)
@@ -396,7 +416,8 @@ def main() -> int:
             "framework_images_s": totals["framework"], "ratio": ratio, "per_round": [float(r) for r in per_round],
             "loader_images_s": ceiling, "checkpoint_s": sum(m.checkpoint_seconds for m in framework),
             "epoch_end_s": sum(m.epoch_end_seconds for m in framework),
-            "ratio_without_epoch_ends": no_ends / totals["raw"]}, indent=2))
+            "ratio_without_epoch_ends": no_ends / totals["raw"], "cpu_ratio": cpu["raw"] / cpu["framework"]},
+            indent=2))
     return 0
 
 
