@@ -168,6 +168,41 @@ def case_bare(setting: Setting, epochs: int) -> dict[str, float]:
     return epochs_of(epoch, epochs)
 
 
+def case_bare_processes(setting: Setting, epochs: int, processes: int) -> dict[str, float]:
+    """The bare loop in ``processes`` forked processes at once, each over its share of the images, with no
+    DataLoader at all: what this machine's cores give on this work in parallel (shared caches, memory
+    bandwidth, the hypervisor), the ceiling of ``processes`` workers. Each warms up, then all start together."""
+    import multiprocessing
+
+    context = multiprocessing.get_context("fork")  # as the DataLoader's workers start (OpenCV's 1 thread inherited)
+    start_together, results = context.Barrier(processes), context.Queue()
+    items = [(record.file, int(record.label)) for record in setting.records]
+
+    def run(share: list[tuple[Path, int]]) -> None:
+        torch.set_num_threads(1)
+
+        def epoch() -> int:
+            for path, _label in share:
+                image = setting.transform(image=setting.decode(path))["image"]
+                if not isinstance(image, torch.Tensor):
+                    torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)
+            return len(share)
+        epoch()
+        start_together.wait()
+        start, images = time.perf_counter(), 0
+        for _ in range(epochs):
+            images += epoch()
+        results.put((images, time.perf_counter() - start))
+
+    children = [context.Process(target=run, args=(items[k::processes],)) for k in range(processes)]
+    for child in children:
+        child.start()
+    measured = [results.get(timeout=600) for _ in children]
+    for child in children:
+        child.join()
+    return {"images": sum(n for n, _ in measured), "seconds": max(s for _, s in measured)}
+
+
 def case_loader(setting: Setting, epochs: int, workers: int) -> dict[str, float]:
     datamodule = setting.datamodule(workers)
     loader = datamodule.train_dataloader()
@@ -194,6 +229,8 @@ def run_cases(setting: Setting, workers: list[int], epochs: int, rounds: int,
     cases: dict[str, Callable[[], dict[str, float]]] = {
         "decode only": lambda: case_decode(setting, epochs),
         "bare loop": lambda: case_bare(setting, epochs),
+        f"bare loop in {max(workers)} processes (no DataLoader)": lambda: case_bare_processes(setting, epochs,
+                                                                                             max(workers)),
         **{f"DataLoader, {n} worker{'s' if n != 1 else ''}": (lambda n=n: case_loader(setting, epochs, n))
            for n in workers},
     }
