@@ -55,8 +55,9 @@ class DetectionModule(TaskModule):
         # which moves recall points that fall exactly on a threshold and makes mAP differ from COCOeval.
         # A second metric at IoU 0.5 alone gives per-class AP@0.5 (VOC-style), which COCO's summary lacks.
         return ShardedMeanAveragePrecision(box_format="xyxy", iou_type=self.iou_types, class_metrics=True,
-                                    backend="faster_coco_eval", iou_thresholds=iou_thresholds or COCO_IOU_THRESHOLDS,
-                                    rec_thresholds=COCO_RECALL_THRESHOLDS, extended_summary=extended_summary)
+                                           backend="faster_coco_eval",
+                                           iou_thresholds=iou_thresholds or COCO_IOU_THRESHOLDS,
+                                           rec_thresholds=COCO_RECALL_THRESHOLDS, extended_summary=extended_summary)
 
     def example_panels(self, batch: Any, mean: list[float] | None, std: list[float] | None) -> list[Example]:
         """Boxes only (masks are scored, not drawn); images are not normalised (the detector does that)."""

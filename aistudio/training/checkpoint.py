@@ -71,8 +71,8 @@ class AtomicCheckpointIO(TorchCheckpointIO):
       waits for the thread it preempted): 18% of a 2-core run's speed, against 5% for writing in line;
     * ``in_line`` (``background=False``): everything on the caller's thread.
 
-    Writes, links and
-    removals run in submission order; :meth:`teardown` (end of fit/test) waits for all of them.
+    Writes, links and removals run in submission order; :meth:`teardown` (end of fit/test) waits for all of
+    them.
 
     A failed write raises :class:`CheckpointWriteError` (its temp file removed). In the background, the
     writer then skips everything queued after it (no link to a stale file, no removal), and the error is
