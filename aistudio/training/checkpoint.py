@@ -28,7 +28,7 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning_utilities.core.apply_func import apply_to_collection
 
 from aistudio import AistudioError, exception_chain
-from aistudio.runs.atomic import atomic_write, commit_temp, write_temp
+from aistudio.runs.atomic import commit_temp, write_temp
 from aistudio.training.checkpoint_staging import HostStaging, Snapshot
 
 log = logging.getLogger("aistudio.train")
@@ -138,9 +138,13 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
     @staticmethod
     def _write(checkpoint: dict[str, Any], path: Path, size: int | None = None) -> None:
+        AtomicCheckpointIO._commit(AtomicCheckpointIO._write_temp(checkpoint, path, size), path, size)
+
+    @staticmethod
+    def _write_temp(checkpoint: dict[str, Any], path: Path, size: int | None) -> Path:
         try:
-            atomic_write(path, lambda handle: torch.save(checkpoint, handle), mode="wb")
-        except Exception as err:  # atomic_write has removed the temp file
+            return write_temp(path, lambda handle: torch.save(checkpoint, handle), mode="wb")
+        except Exception as err:  # write_temp has removed the temp file
             raise CheckpointWriteError(path, size, err) from err
 
     @staticmethod
@@ -181,12 +185,8 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         if self.mode == "in_line":
             self._write(checkpoint, Path(path), size or None)
             return
-        self.check()
-        try:  # commit_behind: serialise here, leave the fsync and rename to the writer thread
-            tmp = write_temp(path, lambda handle: torch.save(checkpoint, handle), mode="wb")
-        except Exception as err:  # write_temp has removed the temp file
-            raise CheckpointWriteError(path, size or None, err) from err
-        self._submit(self._commit, tmp, Path(path), size or None)
+        self.check()  # commit_behind: a failed commit stops here; serialise here, fsync + rename behind
+        self._submit(self._commit, self._write_temp(checkpoint, Path(path), size or None), Path(path), size or None)
 
     def remove_checkpoint(self, path: Any) -> None:
         self._submit(super().remove_checkpoint, path)
