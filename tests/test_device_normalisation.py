@@ -95,7 +95,8 @@ def test_only_the_loaders_a_running_trainer_takes_hand_over_uint8(color_project)
 
 def test_a_run_normalising_on_the_device_trains_exactly_as_one_normalising_in_the_workers(tmp_path, color_project):
     """Default path (DataLoader workers on, default callbacks and logger): the same seed gives the same
-    losses and scores epoch by epoch, whichever side normalises."""
+    losses and scores epoch by epoch, whichever side normalises (and whether the workers reuse their batch
+    memory, which only uint8 batches do)."""
     epochs = {}
     for on_device in ("true", "false"):
         run_dir = tmp_path / f"run-{on_device}"
@@ -106,6 +107,7 @@ def test_a_run_normalising_on_the_device_trains_exactly_as_one_normalising_in_th
         assert result.returncode == 0, result.stderr[-3000:]
         record = load_run(run_dir)
         assert record["status"] == "completed" and record["speed"]["normalize_on_device"] is (on_device == "true")
+        assert record["speed"]["reuse_batch_memory"] is (on_device == "true")  # only uint8 batches are stacked so
         entries = json.loads((run_dir / "metrics.json").read_text())
         epochs[on_device] = [{k: v for k, v in entry.items() if k.startswith(("train_", "val_"))} for entry in entries]
     assert len(epochs["true"]) == 2 and "val_loss" in epochs["true"][-1]

@@ -138,7 +138,8 @@ def test_a_run_with_every_speed_knob_records_them_and_its_ema_checkpoint_evaluat
     record = load_run(run_dir)
     assert record["status"] == "completed"
     assert record["speed"] == {"channels_last": True, "compile": None, "matmul_precision": "highest",
-                               "cudnn_benchmark": True, "cudnn_tf32": False, "normalize_on_device": True}
+                               "cudnn_benchmark": True, "cudnn_tf32": False, "normalize_on_device": True,
+                               "reuse_batch_memory": True}
     checkpoint = torch.load(run_dir / "checkpoints" / "best.ckpt", map_location="cpu", weights_only=False)
     averaged, live = checkpoint["state_dict"], checkpoint["current_model_state"]
     assert "averaging_state" in checkpoint and set(averaged) == set(live)

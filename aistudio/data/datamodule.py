@@ -14,6 +14,7 @@ from torch.utils.data import DataLoader
 
 from aistudio import AistudioError
 from aistudio.data.annotation_parsers import AnnotationParser
+from aistudio.data.batch_ring import ring_for_loader, take_token
 from aistudio.data.pixel_scaling import PixelScaling, split_scaling
 from aistudio.data.project import Project, load_and_report
 from aistudio.data.sampling import EpochShuffleSampler, EvalShardSampler, distributed_world
@@ -75,7 +76,7 @@ class ProjectDataModule(pl.LightningDataModule):
                  collate_fn: Callable[..., Any] | None = None, check_images: str = "header",
                  pin_memory: bool | str = "auto", drop_last: bool = False, horizontal_flip: float = 0.5,
                  seed: int = 0, persistent_workers: bool = True, prefetch_factor: int = 2,
-                 normalize_on_device: bool = True):
+                 normalize_on_device: bool = True, reuse_batch_memory: bool = True):
         super().__init__()
         if project is None or str(project) in ("", "???"):
             raise AistudioError("data.project is not set — pass the folder holding dataset.json: data.project=/path")
@@ -107,6 +108,7 @@ class ProjectDataModule(pl.LightningDataModule):
         self._datasets: dict[str, Any] = {}
         self.test_split = "test"  # the split the test loop runs on (eval.py split=val evaluates val)
         self.normalize_on_device = bool(normalize_on_device)
+        self.reuse_batch_memory = bool(reuse_batch_memory)
         self.pixel_scaling: PixelScaling | None = None  # set by setup() when the loaders can hand over uint8
         self._uint8_transforms: dict[str, Any] | None = None
         self._uint8_datasets: dict[str, Any] = {}
@@ -188,6 +190,11 @@ class ProjectDataModule(pl.LightningDataModule):
         trainer = getattr(self, "trainer", None)
         return trainer is not None and trainer.state.status == TrainerStatus.RUNNING
 
+    def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """A batch stacked into a worker's reused shared memory: its token off, and its memory handed back to the
+        worker once the batch is dropped (see :mod:`aistudio.data.batch_ring`); any other batch as it is."""
+        return take_token(batch)
+
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         """The batch's uint8 images (its first element: a tensor, or a list for detection) to the network's
         input, on the device they were just copied to; the rest of the batch, and float images, as they are."""
@@ -219,6 +226,11 @@ class ProjectDataModule(pl.LightningDataModule):
         if self.num_workers > 0:
             reap_workers_at_exit()  # they ignore SIGTERM: see init_worker
             one_opencv_thread()
+        collate_fn = self.collate_fn
+        if self._reuses_batch_memory(dataset, split):
+            collate_fn = ring_for_loader(self.num_workers, self.prefetch_factor)
+            log.debug("%s loader: %d worker(s) stack batches into shared memory they reuse (data.reuse_batch_memory)",
+                     split, self.num_workers)
         return DataLoader(
             dataset,
             batch_size=self.batch_size if split == "train" else self.eval_batch_size,
@@ -227,10 +239,20 @@ class ProjectDataModule(pl.LightningDataModule):
             persistent_workers=self.persistent_workers and self.num_workers > 0,
             prefetch_factor=self.prefetch_factor if self.num_workers > 0 else None,
             pin_memory=pin,
-            collate_fn=self.collate_fn,
+            collate_fn=collate_fn,
             drop_last=drop_last,
             worker_init_fn=init_worker if self.num_workers > 0 else None,
         )
+
+    def _reuses_batch_memory(self, dataset: Any, split: str) -> bool:
+        """Whether ``split``'s workers stack batches into memory they reuse (:mod:`aistudio.data.batch_ring`):
+        stacked uint8 batches that a running Trainer receives (its ``on_before_batch_transfer`` hands the memory
+        back) from forked workers (the release pipes are inherited)."""
+        import multiprocessing
+
+        start_method = multiprocessing.get_start_method(allow_none=True) or multiprocessing.get_all_start_methods()[0]
+        return (self.reuse_batch_memory and self.collate_fn is None and self.num_workers > 0
+                and dataset is not self._datasets[split] and start_method == "fork")
 
     def _sampler(self, dataset: Any, shuffle: bool) -> Any:
         """Training: the (seed, epoch) order, sharded over DDP ranks. Evaluation: the split in order,

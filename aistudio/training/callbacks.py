@@ -71,7 +71,7 @@ class RunDirectoryCallback(Callback):
         previous = read_json(self.path, default=[]) or []
         self.entries = [e for e in previous if int(e.get("epoch", -1)) < trainer.current_epoch]
         self._fit_started = time.monotonic()
-        speed = next((c.applied for c in trainer.callbacks if isinstance(c, SpeedSettings)), None)
+        speed = next((c.report(trainer) for c in trainer.callbacks if isinstance(c, SpeedSettings)), None)
         if self.record is not None and speed:  # what the hardware speed settings did, as measured
             self.record.update(speed=speed)
 

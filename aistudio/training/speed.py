@@ -51,6 +51,14 @@ class SpeedSettings(pl.Callback):
                         "normalize_on_device": getattr(datamodule, "pixel_scaling", None) is not None}
         log.debug("speed settings: %s", self.applied)
 
+    def report(self, trainer: pl.Trainer) -> dict[str, Any]:
+        """What was applied, and whether the training loader's workers reuse their batch memory (known once
+        the loaders exist: from ``on_train_start`` on)."""
+        from aistudio.data.batch_ring import BatchRing
+
+        collate = getattr(trainer.train_dataloader, "collate_fn", None)
+        return {**self.applied, "reuse_batch_memory": isinstance(collate, BatchRing)} if self.applied else {}
+
 
 def _is_channels_last(network: torch.nn.Module) -> bool:
     """Whether the network's 4-D weights are in channels-last layout (the effect checked, not the flag)."""

@@ -2,8 +2,10 @@
 
 Pipeline = exactly what a run trains from: ``ProjectDataModule.train_dataloader()`` built from the real
 config (ClassificationDataset, the augmentation preset's albumentations train transform, the epoch
-sampler with its per-batch seeding, default collate), with ``data.num_workers`` 0, 1 and 2. Baselines,
-same images, same transform config, no DataLoader:
+sampler with its per-batch seeding, the workers' collate into reused shared memory and the hand-back a
+Trainer does), with ``data.num_workers`` 0, 1 and 2, and 2 workers once more with
+``data.reuse_batch_memory=false`` (a fresh segment per tensor per batch, as the default collate does).
+Baselines, same images, same transform config, no DataLoader:
 
 * bare loop: for each image: read the file, ``cv2.imdecode``, BGR->RGB, the train transform (ending in
   ToTensorV2), in a plain Python loop (no batching). Like the loaders of a run, it leaves the final
@@ -19,8 +21,9 @@ epoch's wait for its first batch (worker start included). A second table breaks 
 down (read, decode, transform; collate and the DataLoader's own transfer, measured on ready samples)
 and estimates what N workers can reach on this machine: min(N, cores) / (bare loop + collate +
 transfer), the main process taken as free. A worker hands each batch to the main process through
-fresh shared memory, and on a small VM that costs about as much per byte as decoding a JPEG: the
-target needs the transfer to be cheap next to the per-image work.
+shared memory; a fresh segment per batch (the default collate) costs a small VM about as much per byte
+as decoding a JPEG, which is why a run's workers reuse theirs (``data.reuse_batch_memory``, measured
+both ways in the breakdown).
 
 Default data: a generated project of photo-like 320x240 JPEGs (``--images``, ``--source-size``) trained
 with ``augmentation=default`` (random resized crop to ``--image-size`` 224, flip, colour jitter,
@@ -57,6 +60,7 @@ from hydra.utils import instantiate  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
 
 from aistudio.config import register_resolvers  # noqa: E402
+from aistudio.data.batch_ring import ring_for_loader, take_token  # noqa: E402
 from aistudio.data.pixel_scaling import split_scaling  # noqa: E402
 from aistudio.data.project import Project, project_from_config, write_project  # noqa: E402
 from aistudio.training.fit import build_datamodule  # noqa: E402
@@ -125,9 +129,10 @@ class Setting:
             self.transform, _ = split_scaling(self.transform, int(self.config["data"]["channels"]), hwc=True)
         self.batch_size = int(self.config["data"]["batch_size"])
 
-    def datamodule(self, workers: int) -> Any:
+    def datamodule(self, workers: int, reuse: bool = True) -> Any:
         datamodule = build_datamodule(self.config, self.project)
         datamodule.num_workers = workers
+        datamodule.reuse_batch_memory = reuse  # data.reuse_batch_memory (the default: true)
         datamodule.uint8_batches = True  # as a running Trainer's loaders (uint8 when normalize_on_device)
         return datamodule
 
@@ -203,14 +208,15 @@ def case_bare_processes(setting: Setting, epochs: int, processes: int) -> dict[s
     return {"images": sum(n for n, _ in measured), "seconds": max(s for _, s in measured)}
 
 
-def case_loader(setting: Setting, epochs: int, workers: int) -> dict[str, float]:
-    datamodule = setting.datamodule(workers)
+def case_loader(setting: Setting, epochs: int, workers: int, reuse: bool = True) -> dict[str, float]:
+    datamodule = setting.datamodule(workers, reuse)
     loader = datamodule.train_dataloader()
     first: list[float] = []
 
     def epoch() -> int:
         seen, start = 0, time.perf_counter()
-        for x, _y in loader:
+        for batch in loader:
+            x = datamodule.on_before_batch_transfer(batch, 0)[0]  # as the Trainer receives it (hands reused memory back)
             if not first:
                 first.append(time.perf_counter() - start)
             seen += len(x)
@@ -233,6 +239,8 @@ def run_cases(setting: Setting, workers: list[int], epochs: int, rounds: int,
                                                                                              max(workers)),
         **{f"DataLoader, {n} worker{'s' if n != 1 else ''}": (lambda n=n: case_loader(setting, epochs, n))
            for n in workers},
+        f"DataLoader, {max(workers)} workers, fresh shared memory per batch (reuse_batch_memory=false)":
+            lambda: case_loader(setting, epochs, max(workers), reuse=False),
     }
     results: dict[str, dict[str, Any]] = {name: {"rounds": []} for name in cases}
     for round_ in range(rounds):
@@ -320,10 +328,11 @@ def breakdown(setting: Setting) -> dict[str, float]:
             torch.stack(images, 0, out=out.resize_(len(images), *images[0].shape))
         return len(samples)
 
-    def transfer(workers: int) -> float:
+    def transfer(workers: int, reuse: bool = False) -> float:
+        collate = ring_for_loader(workers, 2) if reuse else None
         loader = torch.utils.data.DataLoader(Precomputed(samples), batch_size=setting.batch_size,
-                                             num_workers=workers, persistent_workers=workers > 0)
-        ms = per_image_ms(lambda: sum(len(x) for x, _ in loader))
+                                             num_workers=workers, persistent_workers=workers > 0, collate_fn=collate)
+        ms = per_image_ms(lambda: sum(len(take_token(batch)[0]) for batch in loader))
         loader = None  # its persistent worker ends
         gc.collect()
         return ms
@@ -336,16 +345,17 @@ def breakdown(setting: Setting) -> dict[str, float]:
         "train transform": cumulative[3] - cumulative[2],
         "= bare loop": cumulative[3],
         "collate in-process (0 workers)": per_image_ms(collate),
-        "collate into shared memory (as a worker does)": per_image_ms(shared_collate),
+        "collate into fresh shared memory (default_collate in a worker)": per_image_ms(shared_collate),
         "DataLoader over ready samples, 0 workers": transfer(0),
-        "DataLoader over ready samples, 1 worker (= collate + transfer)": transfer(1),
+        "DataLoader over ready samples, 1 worker, fresh shared memory per batch": transfer(1),
+        "DataLoader over ready samples, 1 worker, reused (= collate + transfer in a run)": transfer(1, reuse=True),
     }
 
 
 def worker_ceiling(parts: dict[str, float], workers: int) -> float:
     """Images/s that ``workers`` workers could reach on this machine's cores if each image cost a worker
     the bare loop's time plus the DataLoader's own (collate, transfer) and the main process cost nothing."""
-    per_image = parts["= bare loop"] + parts["DataLoader over ready samples, 1 worker (= collate + transfer)"]
+    per_image = parts["= bare loop"] + parts["DataLoader over ready samples, 1 worker, reused (= collate + transfer in a run)"]
     return 1e3 * min(workers, os.cpu_count() or 1) / per_image
 
 
@@ -358,7 +368,7 @@ def rows_of(setting: Setting, results: dict[str, dict[str, Any]]) -> list[list[o
     for name, result in results.items():
         ratio = result["images_per_s"] / bare
         target, verdict = "", ""
-        if name.startswith("DataLoader, 2 "):
+        if name == "DataLoader, 2 workers":
             target, verdict = f">= {TARGET_RATIO}x bare", "ok" if ratio >= TARGET_RATIO else "UNDER"
         first = result["first_batch_s"]
         rows.append([setting.name, name, f"{result['images_per_s']:.0f}", f"{ratio:.2f}",

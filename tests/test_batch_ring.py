@@ -1,0 +1,136 @@
+"""data.reuse_batch_memory: DataLoader workers stack batches into shared memory they reuse, and the main
+process hands a segment back only once it has received the batch and dropped every tensor of it. Real
+worker processes throughout; a batch must equal what default_collate makes of the same samples."""
+
+from __future__ import annotations
+
+import albumentations as A
+import pytest
+import torch
+from albumentations.pytorch import ToTensorV2
+from torch.utils.data import DataLoader, Dataset, default_collate
+
+from aistudio.data.batch_ring import BatchRing, RingToken, ring_for_loader, take_token
+from aistudio.data.classification import ClassificationDataset
+from aistudio.data.datamodule import ProjectDataModule
+
+
+class Numbered(Dataset):
+    """Sample i: an HWC uint8 image filled with i % 256, its label i, and (``masks``) an int64 mask of i."""
+
+    def __init__(self, size: int = 50, masks: bool = False):
+        self.size, self.masks = size, masks
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __getitem__(self, index: int) -> tuple:
+        image = torch.full((6, 5, 3), index % 256, dtype=torch.uint8)
+        return (image, torch.full((6, 5), index, dtype=torch.int64)) if self.masks else (image, index)
+
+
+def loader(ring: BatchRing, dataset: Dataset, workers: int = 2, persistent: bool = True) -> DataLoader:
+    return DataLoader(dataset, batch_size=8, num_workers=workers, collate_fn=ring, persistent_workers=persistent)
+
+
+def expected(dataset: Dataset, batch: list) -> list:
+    """default_collate of the samples a batch holds (identified by their first pixel)."""
+    indices = [int(image[0, 0, 0]) for image in batch[0]]
+    return list(default_collate([dataset[i] for i in indices]))
+
+
+@pytest.mark.parametrize("masks", [False, True], ids=["image + label", "image + mask"])
+def test_batches_equal_default_collate_and_reuse_a_few_segments(masks):
+    dataset = Numbered(masks=masks)
+    ring = ring_for_loader(workers=2, prefetch_factor=2)
+    seen: list[tuple[int, int | None]] = []
+    for _epoch in range(3):
+        for batch in loader(ring, dataset):
+            token = batch[-1]
+            assert isinstance(token, RingToken) and token.ring == ring.id
+            seen.append((token.worker, token.slot))
+            batch = take_token(batch)
+            reference = expected(dataset, batch)
+            assert len(batch) == len(reference)
+            for got, want in zip(batch, reference):
+                assert got.dtype == want.dtype and torch.equal(got, want)
+    assert None not in {slot for _, slot in seen}  # every batch went into a ring segment
+    assert {worker for worker, _ in seen} == {0, 1}
+    for worker in (0, 1):
+        slots = [slot for w, slot in seen if w == worker]
+        assert len(set(slots)) <= ring.slots < len(slots)  # 3 epochs of batches in at most `slots` segments
+
+
+def kept_batches_survive(ring: BatchRing, persistent: bool) -> tuple[list, list]:
+    """Iterate 3 epochs keeping a one-image view of each epoch's first 3 batches (a user's slice of a batch)
+    and a clone of what it held; return both."""
+    kept, copies = [], []
+    for _epoch in range(3):
+        for number, batch in enumerate(loader(ring, Numbered(size=64), persistent=persistent)):
+            images = take_token(batch)[0]
+            if number < 3:
+                kept.append(images[:1])
+                copies.append(images[:1].clone())
+    return kept, copies
+
+
+@pytest.mark.parametrize("persistent", [True, False], ids=["persistent workers", "new workers each epoch"])
+def test_a_batch_the_caller_keeps_is_never_overwritten(persistent):
+    """New workers each epoch: a later generation must ignore the releases meant for its predecessors."""
+    kept, copies = kept_batches_survive(ring_for_loader(workers=2, prefetch_factor=2), persistent)
+    assert len(kept) == 9
+    assert all(torch.equal(view, copy) for view, copy in zip(kept, copies))
+
+
+class ReleasesAtOnce(BatchRing):
+    """A ring that hands a segment back as soon as its batch arrives, ignoring who still holds it."""
+
+    def received(self, token: RingToken, batch) -> None:
+        if token.slot is not None:
+            self._release(token)
+
+
+def test_the_kept_batch_check_fails_when_segments_come_back_too_early():
+    ring = ReleasesAtOnce(workers=2, slots=4)
+    kept, copies = [], []
+    for number, batch in enumerate(loader(ring, Numbered(size=160))):
+        images = batch[0]
+        ring.received(batch[-1], batch[:-1])
+        if number < 3:
+            kept.append(images[:1])
+            copies.append(images[:1].clone())
+    assert not all(torch.equal(view, copy) for view, copy in zip(kept, copies))
+
+
+def test_samples_it_cannot_stack_get_default_collate():
+    ring = ring_for_loader(workers=2, prefetch_factor=2)
+    ragged = [(torch.zeros(2 + i, 3), {"id": i}) for i in range(4)]
+    with pytest.raises(RuntimeError):  # what default_collate says about ragged tensors, unchanged
+        ring(ragged)
+    dicts = [{"image": torch.zeros(2, 2), "label": i} for i in range(4)]
+    out = ring(dicts)  # in the main process (no worker): default_collate, and a token for no segment
+    assert out[-1].slot is None and torch.equal(out[0]["label"], torch.arange(4))
+    batches = list(loader(ring, [(torch.zeros(3), "text") for _ in range(8)], workers=1))
+    assert batches[0][-1].slot is None and list(batches[0][1]) == ["text"] * 8  # strings: default_collate's batch
+
+
+@pytest.mark.parametrize("setting, workers, uint8, rings", [
+    (True, 1, True, True),
+    (False, 1, True, False),   # data.reuse_batch_memory=false
+    (True, 0, True, False),    # no workers: nothing crosses processes
+    (True, 1, False, False),   # a loader taken by hand: float batches, no Trainer to hand memory back
+])
+def test_the_loaders_reuse_batch_memory_only_where_the_trainer_hands_it_back(color_project, setting, workers,
+                                                                            uint8, rings):
+    pipeline = A.Compose([A.Resize(16, 16), A.Normalize(), ToTensorV2()])
+    datamodule = ProjectDataModule(color_project, dataset=ClassificationDataset, batch_size=4, num_workers=workers,
+                                   train_transform=pipeline, eval_transform=pipeline, reuse_batch_memory=setting)
+    datamodule.uint8_batches = uint8
+    train = datamodule.train_dataloader()
+    assert isinstance(train.collate_fn, BatchRing) is rings
+    batch = datamodule.on_before_batch_transfer(next(iter(train)), 0)
+    assert len(batch) == 2 and batch[0].shape == ((4, 16, 16, 3) if uint8 else (4, 3, 16, 16))
+    by_hand = ProjectDataModule(color_project, dataset=ClassificationDataset, batch_size=4, num_workers=0,
+                                train_transform=pipeline, eval_transform=pipeline)
+    val = datamodule.on_before_batch_transfer(next(iter(datamodule.val_dataloader())), 0)
+    assert torch.equal(datamodule.on_after_batch_transfer(val, 0)[0], next(iter(by_hand.val_dataloader()))[0])
