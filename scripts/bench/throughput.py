@@ -274,9 +274,10 @@ def run_raw(args: argparse.Namespace, round_: int) -> Measure:
             torch.cuda.synchronize()
         start, cpu_start = time.perf_counter(), time.process_time()
         seen = 0
-        for step, (x, y) in enumerate(loader):
+        for step, batch in enumerate(loader):
             if limit and step >= limit:
                 break
+            x, y = datamodule.on_before_batch_transfer(batch, 0)  # as the Trainer: hands reused batch memory back
             x, y = to_device(x, device), to_device(y, device)
             x, y = datamodule.on_after_batch_transfer([x, y], 0)  # the normalisation the framework does here
             with torch.autocast(device_type=device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
@@ -306,9 +307,10 @@ def loader_ceiling(args: argparse.Namespace) -> float:
     for epoch in range(min(args.epochs, 3)):
         start = time.perf_counter()
         seen = 0
-        for step, (x, y) in enumerate(loader):
+        for step, batch in enumerate(loader):
             if args.limit_batches and step >= args.limit_batches:
                 break
+            x, y = datamodule.on_before_batch_transfer(batch, 0)
             datamodule.on_after_batch_transfer([to_device(x, device), y], 0)
             seen += len(y)
         if device.type == "cuda":
