@@ -11,7 +11,9 @@ with it.
 Safety: a segment is written again only after the main process has both received its batch
 (:meth:`BatchRing.received`, from the datamodule's ``on_before_batch_transfer``) and dropped every
 tensor of it (weak references to the tensors' storages have all expired), so a batch that user code
-keeps (a view, a slice) is never overwritten: its segment simply stays out of the ring. Releases travel
+keeps (a view, a slice) is never overwritten: its segment simply stays out of the ring. With
+``pin_memory`` the main process sees the pinned copies, so a segment waits for those to be dropped (later
+than needed, never earlier). Releases travel
 through one non-blocking pipe per worker, tagged with the worker process's random incarnation so a
 later generation of workers (``persistent_workers=false``) ignores its predecessors'. A batch the
 main process never receives (an epoch cut short) leaves its segment unreleased; when a worker has no
