@@ -81,7 +81,7 @@ def _layout(samples: Sequence[Any]) -> list[tuple[torch.dtype, tuple[int, ...], 
         if spec is None:
             return None
         dtype, shape = spec
-        nbytes = torch.Size(shape).numel() * torch.empty((), dtype=dtype).element_size()
+        nbytes = torch.Size(shape).numel() * dtype.itemsize
         layout.append((dtype, shape, offset, nbytes))
         offset += -(-nbytes // _ALIGN) * _ALIGN
     return layout
