@@ -1,6 +1,6 @@
-"""data.reuse_batch_memory: DataLoader workers stack batches into shared memory they reuse, and the main
-process hands a segment back only once it has received the batch and dropped every tensor of it. Real
-worker processes throughout; a batch must equal what default_collate makes of the same samples."""
+"""data.reuse_batch_memory: DataLoader workers stack batches into shared memory they reuse, the main process
+maps each segment once, and hands a segment back only once it has dropped every tensor of the batch in it.
+Real worker processes throughout; a batch must equal what default_collate makes of the same samples."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import torch
 from albumentations.pytorch import ToTensorV2
 from torch.utils.data import DataLoader, Dataset, default_collate
 
-from aistudio.data.batch_ring import BatchRing, RingToken, ring_for_loader, take_token
+from aistudio.data.batch_ring import BatchRing, RingToken, _live_rings, ring_for_loader, take_token
 from aistudio.data.classification import ClassificationDataset
 from aistudio.data.datamodule import ProjectDataModule
 
@@ -85,21 +85,50 @@ def test_a_batch_the_caller_keeps_is_never_overwritten(persistent):
 class ReleasesAtOnce(BatchRing):
     """A ring that hands a segment back as soon as its batch arrives, ignoring who still holds it."""
 
-    def received(self, token: RingToken, batch) -> None:
-        if token.slot is not None:
-            self._release(token)
+    def _track(self, token: RingToken, flat: torch.Tensor) -> None:
+        self._release(token)
 
 
 def test_the_kept_batch_check_fails_when_segments_come_back_too_early():
     ring = ReleasesAtOnce(workers=2, slots=4)
+    _live_rings[ring.id] = ring
     kept, copies = [], []
     for number, batch in enumerate(loader(ring, Numbered(size=160))):
-        images = batch[0]
-        ring.received(batch[-1], batch[:-1])
+        images = take_token(batch)[0]
         if number < 3:
             kept.append(images[:1])
             copies.append(images[:1].clone())
     assert not all(torch.equal(view, copy) for view, copy in zip(kept, copies))
+
+
+class CountsSegmentsReceived(BatchRing):
+    """Counts the batches that brought their segment along (a file descriptor passed, the segment mapped)."""
+
+    mapped_now = 0
+
+    def receive(self, token: RingToken, layout, storage):
+        self.mapped_now += storage is not None
+        return super().receive(token, layout, storage)
+
+
+@pytest.mark.parametrize("persistent", [True, False], ids=["persistent workers", "new workers each epoch"])
+def test_the_main_process_maps_each_segment_once_and_only_the_current_workers(persistent):
+    """After its first batch a segment crosses as a number: 60 batches map at most `slots` segments per worker
+    process, and the main process keeps the mappings of the current worker processes only."""
+    ring = CountsSegmentsReceived(workers=2, slots=4)
+    _live_rings[ring.id] = ring
+    data_loader, tokens = loader(ring, Numbered(size=160), persistent=persistent), []  # 20 batches an epoch
+    for _epoch in range(3):
+        for batch in data_loader:
+            tokens.append(batch[-1])
+            assert len(take_token(batch)[0]) == 8
+    generations = 1 if persistent else 3
+    assert len(tokens) == 60 and None not in {token.slot for token in tokens}
+    assert len({token.incarnation for token in tokens}) == 2 * generations
+    assert 2 <= ring.mapped_now <= 2 * ring.slots * generations
+    last = {token.worker: token.incarnation for token in tokens}
+    assert {worker: incarnation for worker, (incarnation, _) in ring._mapped.items()} == last
+    assert all(len(mappings) <= ring.slots for _, mappings in ring._mapped.values())
 
 
 def test_samples_it_cannot_stack_get_default_collate():

@@ -1,25 +1,24 @@
-"""Stacked batches collated into shared memory that each DataLoader worker reuses, released by the main process.
+"""Stacked batches collated into shared memory that each DataLoader worker reuses and the main process keeps mapped.
 
 Why: a worker hands every batch to the main process through shared memory, and the default collate
-allocates a fresh segment per tensor per batch. On a small machine the kernel's work to create, zero-fill
-and map those pages costs about as much per byte as decoding a JPEG (224 px uint8 images on 2 cores:
-0.1 ms of a 0.64 ms image), so two workers reached 1.43x one bare process instead of the 2x the cores
-give (``scripts/bench/input_pipeline.py``). Here a worker stacks a batch's tensors (images, labels,
-masks) into one segment from a small ring of its own and reuses a segment once the main process is done
-with it.
+allocates a fresh segment per tensor per batch, which the main process then receives as a file descriptor
+(a round trip to the worker's resource-sharer thread) and maps again. On a small machine creating,
+zero-filling and mapping those pages costs about as much per byte as decoding a JPEG (224 px uint8 images
+on 2 cores: 0.1 ms of a 0.64 ms image), so two workers reached 1.43x one bare process instead of the 2x
+the cores give (``scripts/bench/input_pipeline.py``). Here a worker stacks a batch's tensors (images,
+labels, masks) into one segment from a small ring of its own; the main process maps each segment once,
+the first time it arrives, and afterwards a batch crosses as a few integers (which segment, and where
+each tensor lies in it).
 
-Safety: a segment is written again only after the main process has both received its batch
-(:meth:`BatchRing.received`, from the datamodule's ``on_before_batch_transfer``) and dropped every
-tensor of it (weak references to the tensors' storages have all expired), so a batch that user code
-keeps (a view, a slice) is never overwritten: its segment simply stays out of the ring. With
-``pin_memory`` the main process sees the pinned copies, so a segment waits for those to be dropped (later
-than needed, never earlier). Releases travel
-through one non-blocking pipe per worker, tagged with the worker process's random incarnation so a
-later generation of workers (``persistent_workers=false``) ignores its predecessors'. A batch the
-main process never receives (an epoch cut short) leaves its segment unreleased; when a worker has no
-free segment it falls back to a fresh one, as the default collate does. Batches are what
-``default_collate`` returns for the same samples, plus a :class:`RingToken` as the last element, which
-the datamodule removes before the batch reaches the model.
+Safety: the main process gives each batch tensors of their own over the segment's mapping, and hands a
+segment back to its worker only once every tensor of that batch has been dropped (weak references to
+them have expired), so a batch that user code keeps (a view, a slice) is never overwritten: its segment
+simply stays out of the ring. With ``pin_memory`` the pinning thread copies a batch and drops it, so its
+segment goes back at once. Releases travel through one non-blocking pipe per worker, tagged with the
+worker process's random incarnation so a later generation of workers (``persistent_workers=false``)
+ignores its predecessors'. When a worker has no free segment it falls back to a fresh one, as the
+default collate does. Batches are what ``default_collate`` returns for the same samples, plus a
+:class:`RingToken` as the last element, which the datamodule removes before the batch reaches the model.
 """
 
 from __future__ import annotations
@@ -27,11 +26,13 @@ from __future__ import annotations
 import itertools
 import os
 import struct
+import threading
 import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 from torch.multiprocessing.reductions import StorageWeakRef
 from torch.utils.data import default_collate, get_worker_info
@@ -39,6 +40,8 @@ from torch.utils.data import default_collate, get_worker_info
 _RELEASE = struct.Struct("<QQ")  # (incarnation, slot): 16 bytes, written whole (< PIPE_BUF)
 _ALIGN = 64
 _ring_ids = itertools.count(1)
+
+Layout = list[tuple[torch.dtype, tuple[int, ...], int, int]]  # (dtype, shape, byte offset, bytes) per tensor
 
 
 @dataclass(frozen=True)
@@ -71,7 +74,7 @@ def _column_spec(column: Sequence[Any]) -> tuple[torch.dtype, tuple[int, ...]] |
     return None
 
 
-def _layout(samples: Sequence[Any]) -> list[tuple[torch.dtype, tuple[int, ...], int, int]] | None:
+def _layout(samples: Sequence[Any]) -> Layout | None:
     """(dtype, shape, byte offset, bytes) per sample position; None when default_collate should batch these."""
     if not samples or not all(isinstance(s, (tuple, list)) and len(s) == len(samples[0]) for s in samples):
         return None
@@ -87,8 +90,32 @@ def _layout(samples: Sequence[Any]) -> list[tuple[torch.dtype, tuple[int, ...], 
     return layout
 
 
+def _views(flat: torch.Tensor, layout: Layout) -> list[torch.Tensor]:
+    return [flat[offset:offset + size].view(dtype).view(shape) for dtype, shape, offset, size in layout]
+
+
+class _SlotBatch:
+    """What a worker sends for a batch in a ring segment: the segment's number, and the segment itself only
+    the first time (the main process maps it then and keeps the mapping)."""
+
+    def __init__(self, token: RingToken, layout: Layout, storage: torch.UntypedStorage | None):
+        self.token, self.layout, self.storage = token, layout, storage
+
+    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
+        return _receive_slot_batch, (self.token, self.layout, self.storage)
+
+
+def _receive_slot_batch(token: RingToken, layout: Layout, storage: torch.UntypedStorage | None) -> list[Any]:
+    """Unpickled in the main process: the batch's tensors over the mapped segment, then its token."""
+    ring = _live_rings.get(token.ring)
+    if ring is None:
+        raise RuntimeError(f"a DataLoader worker sent a batch for batch ring {token.ring}, which is gone "
+                           "(data.reuse_batch_memory=false avoids reused batch memory)")
+    return ring.receive(token, layout, storage)
+
+
 class BatchRing:
-    """A DataLoader ``collate_fn`` for stacked batches (run in the workers) and its release side (main process)."""
+    """A DataLoader ``collate_fn`` for stacked batches (run in the workers) and its receiving side (main process)."""
 
     def __init__(self, workers: int, slots: int):
         self.id = next(_ring_ids)
@@ -97,16 +124,20 @@ class BatchRing:
         for read, write in self._pipes:
             os.set_blocking(read, False)
             os.set_blocking(write, False)  # a full pipe drops the release (the segment leaks): never blocks
-        self._pending: list[tuple[RingToken, list[StorageWeakRef]]] = []
+        # main process side
+        self._lock = threading.Lock()
+        self._mapped: dict[int, tuple[int, dict[int, np.ndarray]]] = {}  # worker -> (incarnation, slot -> mapping)
+        self._pending: list[tuple[RingToken, StorageWeakRef]] = []
         # worker side, reset in each new worker process
         self._owner = os.getpid()
         self._incarnation = 0
         self._segments: list[torch.Tensor] = []  # flat uint8 shared tensors
         self._free: list[bool] = []
+        self._announced: list[bool] = []  # the main process has this segment mapped
 
     # -- worker side ------------------------------------------------------------------------------------
 
-    def __call__(self, samples: Sequence[Any]) -> list[Any]:
+    def __call__(self, samples: Sequence[Any]) -> Any:
         info = get_worker_info()
         layout = _layout(samples) if info is not None and info.id < len(self._pipes) else None
         if layout is None:
@@ -116,17 +147,19 @@ class BatchRing:
         nbytes = layout[-1][2] + layout[-1][3]
         slot = self._segment_for(nbytes)
         segment = self._segments[slot] if slot is not None else _shared_bytes(nbytes)
-        batch = []
-        for (dtype, shape, offset, size), column in zip(layout, zip(*samples)):
-            view = segment[offset:offset + size].view(dtype).view(shape)
+        batch = _views(segment, layout)
+        for view, column in zip(batch, zip(*samples)):
             if isinstance(column[0], torch.Tensor):
                 torch.stack(column, out=view)
             else:
-                view.copy_(torch.tensor(column, dtype=dtype))
-            batch.append(view)
-        if slot is not None:
-            self._free[slot] = False
-        return [*batch, RingToken(self.id, info.id, self._incarnation, slot)]
+                view.copy_(torch.tensor(column, dtype=view.dtype))
+        token = RingToken(self.id, info.id, self._incarnation, slot)
+        if slot is None:
+            return [*batch, token]
+        self._free[slot] = False
+        storage = None if self._announced[slot] else segment.untyped_storage()
+        self._announced[slot] = True
+        return _SlotBatch(token, layout, storage)
 
     @staticmethod
     def _default(samples: Sequence[Any]) -> list[Any]:
@@ -138,7 +171,8 @@ class BatchRing:
         if os.getpid() != self._owner or not self._incarnation:
             self._owner = os.getpid()
             self._incarnation = int.from_bytes(os.urandom(8), "little") or 1
-            self._segments, self._free = [], []
+            self._segments, self._free, self._announced = [], [], []
+            self._mapped, self._pending = {}, []  # the main process's, copied by fork: not this worker's
 
     def _collect_releases(self, worker: int) -> None:
         read = self._pipes[worker][0]
@@ -163,26 +197,49 @@ class BatchRing:
         if len(self._segments) < self.slots:
             self._segments.append(_shared_bytes(nbytes))
             self._free.append(True)
+            self._announced.append(False)
             return len(self._segments) - 1
         if free:
             self._segments[free[0]] = _shared_bytes(nbytes)
+            self._announced[free[0]] = False
             return free[0]
         return None
 
     # -- main process side -----------------------------------------------------------------------------
 
-    def received(self, token: RingToken, batch: Sequence[Any]) -> None:
-        """The main process has ``batch`` (without its token): its segment goes back to its worker once every
-        tensor in it has been dropped. Earlier batches whose tensors are all gone are released now."""
-        if token.slot is not None and 0 <= token.worker < len(self._pipes):
-            storages = [StorageWeakRef(t.untyped_storage()) for t in batch if isinstance(t, torch.Tensor)]
-            self._pending.append((token, storages))
+    def receive(self, token: RingToken, layout: Layout, storage: torch.UntypedStorage | None) -> list[Any]:
+        """The batch a worker collated into segment ``token.slot``, as tensors of its own over the main process's
+        mapping of that segment (mapped now when ``storage`` comes with it), then its token. Earlier batches
+        whose tensors are all gone go back to their workers now."""
+        with self._lock:
+            incarnation, mappings = self._mapped.get(token.worker, (None, {}))
+            if incarnation != token.incarnation:  # a new worker process: its predecessor's segments are unmapped
+                mappings = {}
+                self._mapped[token.worker] = (token.incarnation, mappings)
+            if storage is not None:
+                mappings[token.slot] = torch.empty(0, dtype=torch.uint8).set_(storage).numpy()
+            mapping = mappings.get(token.slot)
+            if mapping is None:
+                raise RuntimeError(f"DataLoader worker {token.worker} sent a batch in shared memory segment "
+                                   f"{token.slot}, which this process never received "
+                                   "(data.reuse_batch_memory=false avoids reused batch memory)")
+            # a storage of this batch's own over the mapping: it expires when the batch's last tensor is dropped
+            flat = torch.frombuffer(mapping, dtype=torch.uint8, count=layout[-1][2] + layout[-1][3])
+            self._track(token, flat)
+            self._release_dropped()
+        return [*_views(flat, layout), token]
+
+    def _track(self, token: RingToken, flat: torch.Tensor) -> None:
+        """Hand ``token``'s segment back once ``flat`` and every view of it are gone."""
+        self._pending.append((token, StorageWeakRef(flat.untyped_storage())))
+
+    def _release_dropped(self) -> None:
         waiting = []
-        for pending, storages in self._pending:
-            if all(storage.expired() for storage in storages):
-                self._release(pending)
+        for token, storage in self._pending:
+            if storage.expired():
+                self._release(token)
             else:
-                waiting.append((pending, storages))
+                waiting.append((token, storage))
         self._pending = waiting
 
     def _release(self, token: RingToken) -> None:
@@ -218,12 +275,7 @@ def ring_for_loader(workers: int, prefetch_factor: int) -> BatchRing:
 
 
 def take_token(batch: Any) -> Any:
-    """``batch`` without its :class:`RingToken` (the main process has received it: see :meth:`BatchRing.received`);
-    any other batch unchanged."""
-    if not (isinstance(batch, list) and batch and isinstance(batch[-1], RingToken)):
-        return batch
-    token, batch = batch[-1], batch[:-1]
-    ring = _live_rings.get(token.ring)
-    if ring is not None:
-        ring.received(token, batch)
+    """``batch`` without its :class:`RingToken`; any other batch unchanged."""
+    if isinstance(batch, list) and batch and isinstance(batch[-1], RingToken):
+        return batch[:-1]
     return batch

@@ -191,8 +191,8 @@ class ProjectDataModule(pl.LightningDataModule):
         return trainer is not None and trainer.state.status == TrainerStatus.RUNNING
 
     def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
-        """A batch stacked into a worker's reused shared memory: its token off, and its memory handed back to the
-        worker once the batch is dropped (see :mod:`aistudio.data.batch_ring`); any other batch as it is."""
+        """A batch stacked into a worker's reused shared memory without its token (its memory goes back to the
+        worker once the batch is dropped: see :mod:`aistudio.data.batch_ring`); any other batch as it is."""
         return take_token(batch)
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
