@@ -14,7 +14,7 @@ Safety: the main process gives each batch tensors of their own over the segment'
 segment back to its worker only once every tensor of that batch has been dropped (weak references to
 them have expired), so a batch that user code keeps (a view, a slice) is never overwritten: its segment
 simply stays out of the ring. With ``pin_memory`` the pinning thread copies a batch and drops it, so its
-segment goes back at once. Releases travel through one non-blocking pipe per worker, tagged with the
+segment goes back when the next batch arrives. Releases travel through one non-blocking pipe per worker, tagged with the
 worker process's random incarnation so a later generation of workers (``persistent_workers=false``)
 ignores its predecessors'. When a worker has no free segment it falls back to a fresh one, as the
 default collate does. Batches are what ``default_collate`` returns for the same samples, plus a
