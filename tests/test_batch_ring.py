@@ -10,7 +10,8 @@ import torch
 from albumentations.pytorch import ToTensorV2
 from torch.utils.data import DataLoader, Dataset, default_collate
 
-from aistudio.data.batch_ring import BatchRing, RingToken, _live_rings, ring_for_loader, take_token
+from aistudio.data import batch_ring
+from aistudio.data.batch_ring import BatchRing, RingToken, _layout, _live_rings, ring_for_loader, take_token
 from aistudio.data.classification import ClassificationDataset
 from aistudio.data.datamodule import ProjectDataModule
 
@@ -129,6 +130,30 @@ def test_the_main_process_maps_each_segment_once_and_only_the_current_workers(pe
     last = {token.worker: token.incarnation for token in tokens}
     assert {worker: incarnation for worker, (incarnation, _) in ring._mapped.items()} == last
     assert all(len(mappings) <= ring.slots for _, mappings in ring._mapped.values())
+
+
+@pytest.mark.parametrize("spare_segments", [0, 2])
+def test_a_small_dev_shm_keeps_room_for_the_batches_in_flight(monkeypatch, spare_segments):
+    """/dev/shm (faked: free = a budget less what this worker's ring holds; workers are forked, so they see the
+    fake) with room for the batches in flight and ``spare_segments`` more: each worker's ring stops there and
+    the other batches go into fresh segments, every batch still default_collate's."""
+    dataset = Numbered(size=160)
+    ring = ring_for_loader(workers=2, prefetch_factor=2)
+    layout = _layout([dataset[i] for i in range(8)])
+    nbytes = layout[-1][2] + layout[-1][3]
+    budget = (ring.in_flight + spare_segments) * nbytes
+    monkeypatch.setattr(batch_ring, "shared_memory_free",
+                        lambda: budget - sum(segment.numel() for segment in ring._segments))
+    slots: dict[int, set] = {0: set(), 1: set()}
+    for _epoch in range(2):
+        for batch in loader(ring, dataset):
+            slots[batch[-1].worker].add(batch[-1].slot)
+            batch = take_token(batch)
+            for got, want in zip(batch, expected(dataset, batch), strict=True):
+                assert torch.equal(got, want)
+    for used in slots.values():
+        assert None in used  # fresh segments for what the ring could not hold
+        assert used - {None} == set(range(spare_segments))  # the ring stopped at what /dev/shm could spare
 
 
 def test_samples_it_cannot_stack_get_default_collate():

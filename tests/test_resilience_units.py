@@ -121,6 +121,21 @@ def test_a_killed_data_loader_worker_says_what_to_change():
     assert explain_failure(ValueError("an ordinary bug")) is None
 
 
+class BusErrorInWorker(Sized):
+    def __getitem__(self, key):
+        os.kill(os.getpid(), signal.SIGBUS)  # what touching a page of a full /dev/shm does
+
+
+def test_a_worker_killed_by_a_bus_error_is_told_as_shared_memory_too_small():
+    loader = DataLoader(BusErrorInWorker(4), num_workers=1)
+    with pytest.raises(RuntimeError) as caught:
+        next(iter(loader))
+    problem = explain_failure(caught.value, {"data": {"num_workers": 1, "prefetch_factor": 2, "batch_size": 4}})
+    assert problem is not None and "ran out of shared memory (/dev/shm is " in str(problem), problem
+    for fix in ("data.num_workers (now 1)", "data.prefetch_factor (now 2)", "data.batch_size (now 4)", "--shm-size"):
+        assert fix in str(problem)
+
+
 def test_the_lock_is_exclusive_names_its_holder_and_dies_with_its_process(tmp_path):
     project = tmp_path / "project"
     project.mkdir()

@@ -17,13 +17,23 @@ simply stays out of the ring. With ``pin_memory`` the pinning thread copies a ba
 segment goes back when the next batch arrives. Releases travel through one non-blocking pipe per worker, tagged with the
 worker process's random incarnation so a later generation of workers (``persistent_workers=false``)
 ignores its predecessors'. When a worker has no free segment it falls back to a fresh one, as the
-default collate does. Batches are what ``default_collate`` returns for the same samples, plus a
+default collate does.
+
+Shared memory (/dev/shm) can be small: Docker gives a container 64 MB unless told otherwise. A ring
+keeps its segments while idle, so a worker adds one only when /dev/shm would still have room afterwards
+for every batch that can be on its way at once in fresh segments (each worker's prefetched ones and the
+few the Trainer holds, see :func:`ring_for_loader`): the ring only uses memory the default collate would
+not need, and on a small /dev/shm the loader falls back to the default collate's fresh segments (one
+warning) instead of failing where the default collate would have run.
+
+Batches are what ``default_collate`` returns for the same samples, plus a
 :class:`RingToken` as the last element, which the datamodule removes before the batch reaches the model.
 """
 
 from __future__ import annotations
 
 import itertools
+import logging
 import os
 import struct
 import threading
@@ -37,6 +47,9 @@ import torch
 from torch.multiprocessing.reductions import StorageWeakRef
 from torch.utils.data import default_collate, get_worker_info
 
+log = logging.getLogger(__name__)
+
+SHARED_MEMORY_DIR = "/dev/shm"  # where torch's shm_open puts the segments (Linux)
 _RELEASE = struct.Struct("<QQ")  # (incarnation, slot): 16 bytes, written whole (< PIPE_BUF)
 _ALIGN = 64
 _ring_ids = itertools.count(1)
@@ -57,6 +70,21 @@ class RingToken:
 def _shared_bytes(nbytes: int) -> torch.Tensor:
     """A flat uint8 tensor over a new shared-memory segment (allocated there, not copied into it)."""
     return torch.empty(0, dtype=torch.uint8).set_(torch.UntypedStorage._new_shared(nbytes))
+
+
+def shared_memory_free() -> int | None:
+    """Bytes free in /dev/shm (None where there is none: not Linux)."""
+    try:
+        stats = os.statvfs(SHARED_MEMORY_DIR)
+    except OSError:
+        return None
+    return stats.f_bavail * stats.f_frsize
+
+
+def _out_of_shared_memory(error: RuntimeError) -> bool:
+    """torch's "unable to allocate shared memory(shm) for file ...: No space left on device (28)"."""
+    text = str(error)
+    return "shared memory" in text and "No space left" in text
 
 
 def _column_spec(column: Sequence[Any]) -> tuple[torch.dtype, tuple[int, ...]] | None:
@@ -117,9 +145,12 @@ def _receive_slot_batch(token: RingToken, layout: Layout, storage: torch.Untyped
 class BatchRing:
     """A DataLoader ``collate_fn`` for stacked batches (run in the workers) and its receiving side (main process)."""
 
-    def __init__(self, workers: int, slots: int):
+    def __init__(self, workers: int, slots: int, in_flight: int | None = None):
         self.id = next(_ring_ids)
         self.slots = max(1, int(slots))
+        # batches that can be on their way at once (default: 2 prefetched per worker, 3 held by the Trainer);
+        # a new segment must leave /dev/shm room for that many fresh ones
+        self.in_flight = int(in_flight) if in_flight is not None else 2 * workers + 3
         self._pipes = [os.pipe() for _ in range(workers)]  # (read, write) per worker id
         for read, write in self._pipes:
             os.set_blocking(read, False)
@@ -134,6 +165,7 @@ class BatchRing:
         self._segments: list[torch.Tensor] = []  # flat uint8 shared tensors
         self._free: list[bool] = []
         self._announced: list[bool] = []  # the main process has this segment mapped
+        self._warned = False  # this worker said once that /dev/shm is short
 
     # -- worker side ------------------------------------------------------------------------------------
 
@@ -145,7 +177,7 @@ class BatchRing:
         self._enter_worker()
         self._collect_releases(info.id)
         nbytes = layout[-1][2] + layout[-1][3]
-        slot = self._segment_for(nbytes)
+        slot = self._segment_for(nbytes, info.id)
         segment = self._segments[slot] if slot is not None else _shared_bytes(nbytes)
         batch = _views(segment, layout)
         for view, column in zip(batch, zip(*samples)):
@@ -171,7 +203,7 @@ class BatchRing:
         if os.getpid() != self._owner or not self._incarnation:
             self._owner = os.getpid()
             self._incarnation = int.from_bytes(os.urandom(8), "little") or 1
-            self._segments, self._free, self._announced = [], [], []
+            self._segments, self._free, self._announced, self._warned = [], [], [], False
             self._mapped, self._pending = {}, []  # the main process's, copied by fork: not this worker's
 
     def _collect_releases(self, worker: int) -> None:
@@ -187,22 +219,46 @@ class BatchRing:
                 if incarnation == self._incarnation and slot < len(self._free):
                     self._free[slot] = True
 
-    def _segment_for(self, nbytes: int) -> int | None:
+    def _segment_for(self, nbytes: int, worker: int = 0) -> int | None:
         """A free segment that holds ``nbytes`` (a new one while the ring is not full; a free one that is
-        too small is replaced); None: every segment is out, collate into a fresh one."""
+        too small is replaced); None: every segment is out, or /dev/shm has no room to spare for another:
+        collate into a fresh one."""
         free = [k for k, is_free in enumerate(self._free) if is_free]
         for slot in free:
             if self._segments[slot].numel() >= nbytes:
                 return slot
+        if len(self._segments) >= self.slots and not free:
+            return None
+        segment = self._new_segment(nbytes, worker)
+        if segment is None:
+            return None
         if len(self._segments) < self.slots:
-            self._segments.append(_shared_bytes(nbytes))
+            self._segments.append(segment)
             self._free.append(True)
             self._announced.append(False)
             return len(self._segments) - 1
-        if free:
-            self._segments[free[0]] = _shared_bytes(nbytes)
-            self._announced[free[0]] = False
-            return free[0]
+        self._segments[free[0]] = segment
+        self._announced[free[0]] = False
+        return free[0]
+
+    def _new_segment(self, nbytes: int, worker: int) -> torch.Tensor | None:
+        """A new segment for the ring, unless /dev/shm would then lack room for the batches in flight
+        (``in_flight`` fresh segments of ``nbytes``): None."""
+        available = shared_memory_free()
+        if available is None or available - nbytes >= self.in_flight * nbytes:
+            try:
+                return _shared_bytes(nbytes)
+            except RuntimeError as err:  # another process took the room meanwhile
+                if not _out_of_shared_memory(err):
+                    raise
+        if not self._warned:
+            self._warned = True
+            # one line for the loader (every worker sees the same /dev/shm), the others in the log file only
+            (log.warning if worker == 0 else log.debug)(
+                "shared memory is short (%.1f MB free in %s, %.1f MB a batch): batches beyond the %d buffer(s) "
+                "kept for reuse go into fresh shared memory (slower); a larger %s (docker run --shm-size=8g) "
+                "avoids it", (available or 0) / 1e6, SHARED_MEMORY_DIR, nbytes / 1e6, len(self._segments),
+                SHARED_MEMORY_DIR)
         return None
 
     # -- main process side -----------------------------------------------------------------------------
@@ -266,10 +322,16 @@ class BatchRing:
 _live_rings: weakref.WeakValueDictionary[int, BatchRing] = weakref.WeakValueDictionary()
 
 
-def ring_for_loader(workers: int, prefetch_factor: int) -> BatchRing:
+def ring_for_loader(workers: int, prefetch_factor: int, processes: int = 1) -> BatchRing:
     """A ring for one loader: room for the batches a worker has in flight, the one the Trainer's fetcher holds
-    ahead, the step's and the one still waiting to be released."""
-    ring = BatchRing(workers, slots=prefetch_factor + 4)
+    ahead, the step's and the one still waiting to be released.
+
+    The shared memory it leaves for fresh segments: the batches in flight of two such loaders (a fit's train
+    and validation loaders, whose persistent workers live side by side, and a loader stopped early by
+    ``limit_train_batches`` keeps its prefetched batches until its next epoch) in each of this machine's
+    ``processes`` training processes (DDP)."""
+    in_flight = processes * 2 * (workers * prefetch_factor + 3)
+    ring = BatchRing(workers, slots=prefetch_factor + 4, in_flight=in_flight)
     _live_rings[ring.id] = ring
     return ring
 

@@ -228,7 +228,8 @@ class ProjectDataModule(pl.LightningDataModule):
             one_opencv_thread()
         collate_fn = self.collate_fn
         if self._reuses_batch_memory(dataset, split):
-            collate_fn = ring_for_loader(self.num_workers, self.prefetch_factor)
+            processes = trainer.num_devices if trainer is not None else 1
+            collate_fn = ring_for_loader(self.num_workers, self.prefetch_factor, processes)
             log.debug("%s loader: %d worker(s) stack batches into shared memory they reuse (data.reuse_batch_memory)",
                      split, self.num_workers)
         return DataLoader(

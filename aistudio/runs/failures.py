@@ -1,5 +1,6 @@
 """Turn failures into one actionable message: out-of-memory (CUDA or the CPU allocator), data-loader
-worker deaths, a full disk, and config keys a builder passes on to a constructor that does not take them.
+worker deaths, shared memory (/dev/shm) too small for the batches in flight, a full disk, and config keys
+a builder passes on to a constructor that does not take them.
 
 Otherwise each ends a run in a long traceback whose first line does not say what to change (a full disk
 during a checkpoint write reads "[enforce fail at inline_container.cc:672] . unexpected pos ...").
@@ -18,6 +19,10 @@ from aistudio.run_layout import RUN_FILE
 
 _OOM_MARKERS = ("out of memory", "can't allocate memory", "cannot allocate memory", "outofmemoryerror")
 _WORKER_MARKERS = ("exited unexpectedly", "is killed by signal")
+# torch: "unable to allocate shared memory(shm) for file ...: No space left on device"; a worker killed by
+# SIGBUS: "... It is possible that dataloader's workers are out of shared memory"
+_SHARED_MEMORY_MARKERS = ("unable to allocate shared memory", "out of shared memory", "insufficient shared memory")
+SHARED_MEMORY_DIR = "/dev/shm"
 
 
 def _unexpected_argument(chain: list[BaseException]) -> AistudioError | None:
@@ -108,11 +113,33 @@ def _hydra_run_dir() -> Path | None:
         return None
 
 
+def _shared_memory(chain: list[BaseException], data: dict[str, Any]) -> AistudioError | None:
+    """The DataLoader's workers could not put a batch into shared memory: how big /dev/shm is, and the
+    settings that decide how much of it the batches in flight take."""
+    line = next((text.strip() for cause in chain for text in str(cause).splitlines()
+                 if any(marker in text.lower() for marker in _SHARED_MEMORY_MARKERS)), None)
+    if line is None:
+        return None
+    size = ""
+    try:
+        stats = os.statvfs(SHARED_MEMORY_DIR)
+        size = f" ({SHARED_MEMORY_DIR} is {_size(stats.f_blocks * stats.f_frsize)})"
+    except OSError:
+        pass
+    return AistudioError(
+        f"the data-loading workers ran out of shared memory{size}: {line[:200]} — each batch goes from a worker to "
+        "training through shared memory, about data.num_workers x data.prefetch_factor batches at once: lower "
+        f"data.num_workers (now {data.get('num_workers', '?')}), data.prefetch_factor (now "
+        f"{data.get('prefetch_factor', '?')}) or data.batch_size (now {data.get('batch_size', '?')}), use "
+        "data.num_workers=0 (no shared memory, slower), or give the machine more (Docker: --shm-size=8g)")
+
+
 def explain_failure(error: BaseException, config: dict[str, Any] | None = None) -> AistudioError | None:
-    """An :class:`AistudioError` (caused by ``error``) for OOM, worker crashes and a full disk, else None."""
+    """An :class:`AistudioError` (caused by ``error``) for OOM, worker crashes, shared memory and a full disk,
+    else None."""
     data = (config or {}).get("data") or {}
     chain = exception_chain(error)
-    for explain in (_unexpected_argument, _disk_full):
+    for explain in (_unexpected_argument, lambda chain: _shared_memory(chain, data), _disk_full):
         problem = explain(chain)
         if problem is not None:
             problem.__cause__ = error
@@ -143,7 +170,7 @@ def quoted_settings(cfg: Any) -> dict[str, Any]:
     from omegaconf import OmegaConf
 
     settings = {}
-    for key in ("batch_size", "image_size", "num_workers"):
+    for key in ("batch_size", "image_size", "num_workers", "prefetch_factor"):
         try:
             settings[key] = OmegaConf.select(cfg, f"data.{key}", default="?")
         except Exception:  # noqa: BLE001 - an unresolvable value just is not quoted
