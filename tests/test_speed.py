@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from aistudio import AistudioError
-from aistudio.data.datamodule import ProjectDataModule
+from aistudio.cpus import cpu_budget
+from aistudio.data.datamodule import ProjectDataModule, default_num_workers
 from aistudio.runs.record import load_run
 from aistudio.training.hardware import resolve_hardware
 from aistudio.training.speed import SpeedSettings
@@ -37,7 +38,8 @@ def test_compile_is_in_place_so_checkpoints_keep_the_plain_model_keys():
     before = torch.get_float32_matmul_precision()
     try:
         settings = SpeedSettings(channels_last=True, compile="default", matmul_precision="medium")
-        trainer = SimpleNamespace(datamodule=SimpleNamespace(channels_last_batches=False, pixel_scaling=None))
+        trainer = SimpleNamespace(datamodule=SimpleNamespace(channels_last_batches=False, pixel_scaling=None),
+                                  num_devices=1)
         settings.setup(trainer, module, "fit")  # type: ignore[arg-type]
         assert module.model._compiled_call_impl is not None and list(module.state_dict()) == keys
         assert module.model.conv1.weight.is_contiguous(memory_format=torch.channels_last)
@@ -139,7 +141,9 @@ def test_a_run_with_every_speed_knob_records_them_and_its_ema_checkpoint_evaluat
     assert record["status"] == "completed"
     assert record["speed"] == {"channels_last": True, "compile": None, "matmul_precision": "highest",
                                "cudnn_benchmark": True, "cudnn_tf32": False, "normalize_on_device": True,
-                               "reuse_batch_memory": True}
+                               "reuse_batch_memory": True, "num_workers": default_num_workers(),
+                               "cpus": {**cpu_budget().as_record(), "torch_threads": record["speed"]["cpus"]["torch_threads"]}}
+    assert 1 <= record["speed"]["cpus"]["torch_threads"] <= cpu_budget().cpus
     checkpoint = torch.load(run_dir / "checkpoints" / "best.ckpt", map_location="cpu", weights_only=False)
     averaged, live = checkpoint["state_dict"], checkpoint["current_model_state"]
     assert "averaging_state" in checkpoint and set(averaged) == set(live)

@@ -13,6 +13,7 @@ import lightning.pytorch as pl
 from torch.utils.data import DataLoader
 
 from aistudio import AistudioError
+from aistudio.cpus import cpu_budget
 from aistudio.data.annotation_parsers import AnnotationParser
 from aistudio.data.batch_ring import ring_for_loader, take_token
 from aistudio.data.pixel_scaling import PixelScaling, split_scaling
@@ -48,13 +49,10 @@ def one_opencv_thread() -> None:
 
 
 def default_num_workers(processes: int = 1) -> int:
-    """The cores this process may use, shared by the ``processes`` training processes of this machine
-    (DDP), less one for each training process itself; at most :data:`MAX_AUTO_WORKERS` (CI's 2 cores: 1)."""
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        cores = os.cpu_count() or 1
-    return max(0, min(MAX_AUTO_WORKERS, cores // max(1, processes) - 1))
+    """The CPUs this process may use (its cores, capped by a container's CPU quota: :mod:`aistudio.cpus`),
+    shared by the ``processes`` training processes of this machine (DDP), less one for each training process
+    itself; at most :data:`MAX_AUTO_WORKERS` (CI's 2 cores: 1)."""
+    return max(0, min(MAX_AUTO_WORKERS, cpu_budget().cpus // max(1, processes) - 1))
 
 
 class ProjectDataModule(pl.LightningDataModule):

@@ -21,6 +21,7 @@ from collections.abc import Sequence
 from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor, as_completed
 from typing import TYPE_CHECKING, Any
 
+from aistudio.cpus import cpu_budget
 from aistudio.data.project import ImageRecord, UnreadableFile, decode_fully, header_size
 
 if TYPE_CHECKING:
@@ -133,10 +134,8 @@ def _fork() -> Any:
 
 
 def cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
+    """The CPUs this process may use (a container's CPU quota included)."""
+    return cpu_budget().cpus
 
 
 class Progress:

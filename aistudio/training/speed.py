@@ -28,6 +28,7 @@ class SpeedSettings(pl.Callback):
         self.applied: dict[str, Any] = {}
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        cpus = _threads_within_quota(trainer.num_devices)
         torch.set_float32_matmul_precision(self.matmul_precision)
         # PyTorch leaves cuDNN's float32 convolutions on TF32 whatever the matmul precision: "highest" means
         # full float32 for both (what an fp32 baseline must be measured with), the others keep TF32
@@ -48,7 +49,8 @@ class SpeedSettings(pl.Callback):
                         "cudnn_benchmark": bool(torch.backends.cudnn.benchmark),
                         "cudnn_tf32": bool(torch.backends.cudnn.allow_tf32),
                         # the datamodule's setup ran before this hook: whether batches leave the loaders as uint8
-                        "normalize_on_device": getattr(datamodule, "pixel_scaling", None) is not None}
+                        "normalize_on_device": getattr(datamodule, "pixel_scaling", None) is not None,
+                        "cpus": cpus}
         log.debug("speed settings: %s", self.applied)
 
     def report(self, trainer: pl.Trainer) -> dict[str, Any]:
@@ -56,8 +58,25 @@ class SpeedSettings(pl.Callback):
         the loaders exist: from ``on_train_start`` on)."""
         from aistudio.data.batch_ring import BatchRing
 
-        collate = getattr(trainer.train_dataloader, "collate_fn", None)
-        return {**self.applied, "reuse_batch_memory": isinstance(collate, BatchRing)} if self.applied else {}
+        loader = trainer.train_dataloader
+        collate = getattr(loader, "collate_fn", None)
+        return {**self.applied, "reuse_batch_memory": isinstance(collate, BatchRing),
+                "num_workers": getattr(loader, "num_workers", None)} if self.applied else {}
+
+
+def _threads_within_quota(processes: int) -> dict[str, Any]:
+    """Lower torch's thread count to this process's share of a container's CPU quota (torch counts the
+    host's cores: :mod:`aistudio.cpus`); never raises it. What it found and left, for run.json."""
+    from aistudio.cpus import cpu_budget
+
+    budget = cpu_budget()
+    if budget.limited_by_quota:
+        share = max(1, budget.cpus // max(1, processes))
+        if torch.get_num_threads() > share:
+            log.info("CPU quota: %g CPU(s) of the %d cores this process sees (cgroup): %d torch thread(s)",
+                     budget.quota, budget.affinity, share)
+            torch.set_num_threads(share)
+    return {**budget.as_record(), "torch_threads": torch.get_num_threads()}
 
 
 def _is_channels_last(network: torch.nn.Module) -> bool:
