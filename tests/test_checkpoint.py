@@ -6,6 +6,7 @@ import lightning.pytorch as pl
 import pytest
 import torch
 
+from aistudio import AistudioError
 from aistudio.training.checkpoint import AtomicCheckpointIO, BestAndLastCheckpoint, replace_with_link
 from tests.test_module import MODEL, SGD, datamodule
 
@@ -139,3 +140,11 @@ def test_background_staging_follows_a_new_layout(tmp_path):
         assert torch.equal(torch.load(tmp_path / "last.ckpt", weights_only=False)["w"], torch.ones(shape))
         assert io._staging._count <= 2
     io.teardown()
+
+
+@pytest.mark.parametrize("minutes", [-1, float("nan")])
+def test_last_every_minutes_must_be_a_number_of_minutes(minutes):
+    with pytest.raises(AistudioError, match=r"last_every_minutes=.* use a number of minutes >= 0, or null"):
+        BestAndLastCheckpoint(monitor="val_acc", mode="max", save_last=True, last_every_minutes=minutes)
+    assert BestAndLastCheckpoint(last_every_minutes=0).last_every_minutes == 0.0
+    assert BestAndLastCheckpoint().last_every_minutes is None

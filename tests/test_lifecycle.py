@@ -143,17 +143,33 @@ def assert_resumed_like_the_uninterrupted_run(run_dir: Path, uninterrupted: Path
     assert not temp_files(run_dir)
 
 
+def last_checkpoint_position(run_dir: Path) -> tuple[int, int] | None:
+    """(epoch, batches done in it) of the run's last.ckpt, read without loading its tensors (memory-mapped)."""
+    path = run_dir / "checkpoints" / "last.ckpt"
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False, mmap=True)["aistudio_resume"]
+    except (FileNotFoundError, RuntimeError, KeyError):  # not written yet
+        return None
+    return int(state["epoch"]), int(state["batches_done"])
+
+
 def test_kill_9_reads_interrupted_frees_the_lock_and_resume_matches_an_uninterrupted_run(
         tmp_path, big_colors, uninterrupted):
+    """Killed inside an epoch after last.ckpt was written there (callbacks.model_checkpoint.last_every_minutes,
+    here every 0.6 s): the resume continues from that batch, not from the epoch's start, and ends exactly where
+    the uninterrupted run did. (A kill with last.ckpt from an epoch's end: test_kill_9_anywhere_... below.)"""
     run_dir = tmp_path / "runs" / "killed"
-    args = ["data=project", f"data.project={big_colors}", *DETERMINISTIC]
+    args = ["data=project", f"data.project={big_colors}", *DETERMINISTIC,
+            "callbacks.model_checkpoint.last_every_minutes=0.01"]
     process = start_train([*args, f"hydra.run.dir={run_dir}"], tmp_path)
     stop, errors = threading.Event(), []
     reader = threading.Thread(target=read_continuously,
                               args=([run_dir / "run.json", run_dir / "metrics.json"], tmp_path / "runs", stop, errors))
     reader.start()
     try:
-        wait_until(process, lambda: len(epochs_in(run_dir)) >= 2)
+        # written inside epoch 2 within its first half (the epoch's end, which writes it again, is far off)
+        wait_until(process, lambda: (position := last_checkpoint_position(run_dir)) is not None
+                   and position[0] == 2 and 0 < position[1] <= 12, poll_s=0.1)
         process.kill()  # SIGKILL: no handler runs, nothing is cleaned up by the process; its workers live on a while
         process.wait(timeout=30)
     finally:
@@ -169,8 +185,10 @@ def test_kill_9_reads_interrupted_frees_the_lock_and_resume_matches_an_uninterru
 
     # resume at once (the dead run's workers may still be alive), by id prefix, with only the override
     # that names the run: its own overrides come back
+    epoch, done = last_checkpoint_position(run_dir)
     resumed = run_train([f"resume={record['id'][:18]}"], tmp_path)
     assert resumed.returncode == 0, resumed.stderr[-3000:]  # also proves the dead run's lock was free
+    assert f"resuming inside epoch {epoch}: {done} batches were done" in resumed.stdout, resumed.stdout[-3000:]
     record = load_run(run_dir)
     assert record["history"][0]["status"] == "interrupted"  # the attempt the kill ended, found stale
     assert "is gone" in record["history"][0]["error"]["message"]

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -256,11 +257,38 @@ class BestAndLastCheckpoint(ModelCheckpoint):
 
     ``save_on_tie``: an epoch that equals the best value replaces it. Accuracy on a small validation
     set ties often, and the later epoch has trained longer at a lower learning rate.
+
+    ``last_every_minutes``: ``last.ckpt`` is also written inside an epoch once this long has passed since it
+    was last written, at a batch boundary, so a run killed without warning (kill -9, the OOM killer, a lost
+    node) resumes from there rather than from the last epoch's end (the resume continues inside the epoch:
+    :mod:`aistudio.training.resume_state`). Only ``last.ckpt``: mid-epoch there is no new validation score.
+    On one device the clock is read every step; under DDP rank 0's clock decides every
+    :data:`DDP_TIME_CHECK_STEPS` steps (one broadcast, not one per step). None: at epoch ends only.
     """
 
-    def __init__(self, *args: Any, save_on_tie: bool = True, **kwargs: Any):
+    DDP_TIME_CHECK_STEPS = 20
+
+    def __init__(self, *args: Any, save_on_tie: bool = True, last_every_minutes: float | None = None,
+                 **kwargs: Any):
         super().__init__(*args, **kwargs)
         self.save_on_tie = save_on_tie
+        self.last_every_minutes = _minutes(last_every_minutes)
+        self._last_written = time.monotonic()
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        super().on_train_start(trainer, pl_module)
+        self._last_written = time.monotonic()
+
+    def _last_due(self, trainer: pl.Trainer) -> bool:
+        """Whether last.ckpt is due now (the same answer on every DDP rank)."""
+        if self.last_every_minutes is None or not self.save_last or self._should_skip_saving_checkpoint(trainer):
+            return False
+        if trainer.world_size == 1:
+            return time.monotonic() - self._last_written >= self.last_every_minutes * 60
+        if trainer.global_step % self.DDP_TIME_CHECK_STEPS:
+            return False
+        due = time.monotonic() - self._last_written >= self.last_every_minutes * 60
+        return bool(trainer.strategy.broadcast(due))
 
     def check_monitor_top_k(self, trainer: pl.Trainer, current: torch.Tensor | None = None) -> bool:
         if not self.save_on_tie or current is None or self.save_top_k == -1 \
@@ -271,6 +299,7 @@ class BestAndLastCheckpoint(ModelCheckpoint):
         return trainer.strategy.reduce_boolean_decision(decision)
 
     def _save_last_checkpoint(self, trainer: pl.Trainer, monitor_candidates: dict[str, torch.Tensor]) -> None:
+        self._last_written = time.monotonic()
         best = Path(self.best_model_path) if self.best_model_path else None
         same_step = self._last_global_step_saved == trainer.global_step and best is not None
         if (self.save_last is True and same_step
@@ -304,6 +333,15 @@ class BestAndLastCheckpoint(ModelCheckpoint):
         if trainer.fast_dev_run:  # Lightning 2.6 writes last.ckpt here even in fast_dev_run, which saves nothing else
             return
         super().on_train_end(trainer, pl_module)
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+        # the epoch's last batch is followed by the epoch end's own last.ckpt
+        if batch_idx + 1 < trainer.num_training_batches and self._last_due(trainer):
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+            log.debug("last.ckpt written inside epoch %d after batch %d (step %d)", trainer.current_epoch, batch_idx,
+                      trainer.global_step)
 
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any,
                              batch_idx: int) -> None:
@@ -340,6 +378,20 @@ class BestAndLastCheckpoint(ModelCheckpoint):
             run.record_best_on_disk(epoch)
         except Exception:  # noqa: BLE001 - the disk error is what the run must end with
             log.exception("could not correct run.json's best after the failed checkpoint write")
+
+
+def _minutes(value: Any) -> float | None:
+    """``last_every_minutes`` as a number of minutes >= 0, or None."""
+    if value is None:
+        return None
+    try:
+        minutes = float(value)
+    except (TypeError, ValueError):
+        minutes = -1.0
+    if not minutes >= 0:  # also NaN
+        raise AistudioError(f"callbacks.model_checkpoint.last_every_minutes={value} — use a number of minutes >= 0, "
+                            "or null to write last.ckpt at epoch ends only")
+    return minutes
 
 
 def checkpoint_epoch(path: str | Path) -> int | None:
