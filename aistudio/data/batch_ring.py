@@ -253,7 +253,7 @@ class BatchRing:
                     raise
         if not self._warned:
             self._warned = True
-            # one line for the loader (every worker sees the same /dev/shm), the others in the log file only
+            # one line for the loader (every worker sees the same /dev/shm); the other workers at debug level
             (log.warning if worker == 0 else log.debug)(
                 "shared memory is short (%.1f MB free in %s, %.1f MB a batch): batches beyond the %d buffer(s) "
                 "kept for reuse go into fresh shared memory (slower); a larger %s (docker run --shm-size=8g) "
