@@ -47,9 +47,10 @@ import torch
 from torch.multiprocessing.reductions import StorageWeakRef
 from torch.utils.data import default_collate, get_worker_info
 
+from aistudio.runs.failures import SHARED_MEMORY_DIR
+
 log = logging.getLogger(__name__)
 
-SHARED_MEMORY_DIR = "/dev/shm"  # where torch's shm_open puts the segments (Linux)
 _RELEASE = struct.Struct("<QQ")  # (incarnation, slot): 16 bytes, written whole (< PIPE_BUF)
 _ALIGN = 64
 _ring_ids = itertools.count(1)

@@ -67,17 +67,18 @@ def check_all(records: Sequence[ImageRecord], mode: str, parser: AnnotationParse
         return []
     progress_from = PROGRESS_FROM if progress_from is None else progress_from
     processes_from = PROCESSES_FROM if processes_from is None else processes_from
-    use_processes = mode != "none" and len(records) >= processes_from and cores() > 1 and can_fork()
-    threads = min(16, cores() * 4)
+    cpus = cores()  # read once: it parses the process's cgroup files
+    use_processes = mode != "none" and len(records) >= processes_from and cpus > 1 and can_fork()
+    threads = min(16, cpus * 4)
     if len(records) >= progress_from:
         log.info("dataset %s: checking %d images (%s)", source, len(records),
-                 f"{cores()} processes" if use_processes else f"{threads} threads")
+                 f"{cpus} processes" if use_processes else f"{threads} threads")
     progress = Progress(len(records), source, progress_from)
     try:
         if use_processes:
             try:
                 return _run(records, progress, ProcessPoolExecutor(
-                    cores(), mp_context=_fork(), initializer=_init_worker, initargs=(mode, parser, checked)))
+                    cpus, mp_context=_fork(), initializer=_init_worker, initargs=(mode, parser, checked)))
             except Exception as err:  # noqa: BLE001 - a pool that cannot start or dies: the threads still work
                 log.warning("image checks: the process pool failed (%s: %s); checking with threads instead",
                             type(err).__name__, err)

@@ -22,7 +22,7 @@ _WORKER_MARKERS = ("exited unexpectedly", "is killed by signal")
 # torch: "unable to allocate shared memory(shm) for file ...: No space left on device"; a worker killed by
 # SIGBUS: "... It is possible that dataloader's workers are out of shared memory"
 _SHARED_MEMORY_MARKERS = ("unable to allocate shared memory", "out of shared memory", "insufficient shared memory")
-SHARED_MEMORY_DIR = "/dev/shm"
+SHARED_MEMORY_DIR = "/dev/shm"  # where torch's shm_open puts a worker's batches (Linux)
 
 
 def _unexpected_argument(chain: list[BaseException]) -> AistudioError | None:
