@@ -187,7 +187,10 @@ def test_the_dashboard_runs_an_experiment_and_charts_it_live(served, browser, tm
     # ... and it ended completed, with Run back on
     final = seen[-1]
     assert final["status"] == final["row_status"] == "completed" and final["text"] == "Run", history
-    assert browser.find_element(By.CSS_SELECTOR, f'#runs-table tr[data-run-id="{run_id}"] td.epochs').text == str(EPOCHS)
+    # read in one script: the runs table is re-rendered as the list refreshes, so a found cell can go stale
+    epochs_cell = browser.execute_script("const cell = document.querySelector(arguments[0]); return cell && cell.innerText",
+                                         f'#runs-table tr[data-run-id="{run_id}"] td.epochs')
+    assert epochs_cell == str(EPOCHS)
     assert len(browser.find_elements(By.CSS_SELECTOR, "#chart-metrics circle[data-series='val_acc']")) == EPOCHS
 
     record = json.loads(next((tmp / "runs").rglob("run.json")).read_text())
