@@ -64,6 +64,18 @@ def run_train(args: list[str], tmp: Path, timeout: float = 300, **kwargs: Any) -
     return run_entry("train.py", args, tmp, timeout, **kwargs)
 
 
+def run_train_reporting_imports(args: list[str], tmp: Path, timeout: float = 300) -> subprocess.CompletedProcess:
+    """``python train.py <args>`` as a user runs it, reporting at exit which heavy libraries had been imported:
+    its stderr ends with ``imported: [...]`` (``[]``: it ended before torch, torchvision and Lightning)."""
+    probe = ("import atexit, runpy, sys; "
+             "atexit.register(lambda: print('imported:', sorted(m for m in ('torch', 'lightning', 'torchvision') "
+             "if m in sys.modules), file=sys.stderr)); "
+             f"sys.argv = [{str(ROOT / 'train.py')!r}, *sys.argv[1:]]; "
+             f"runpy.run_path({str(ROOT / 'train.py')!r}, run_name='__main__')")
+    return subprocess.run([sys.executable, "-c", probe, *args], cwd=ROOT, env=subprocess_env(tmp),
+                          capture_output=True, text=True, timeout=timeout)
+
+
 def run_entry(script: str, args: list[str], tmp: Path, timeout: float = 300, **kwargs: Any) -> subprocess.CompletedProcess:
     """``python <script> <args>`` (train.py, eval.py, ...) in a subprocess, from the repository root."""
     return subprocess.run([sys.executable, str(ROOT / script), *args], cwd=ROOT, env=subprocess_env(tmp),

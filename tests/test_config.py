@@ -297,12 +297,24 @@ def test_every_shipped_config_passes_the_early_config_checks(compose_cfg, overri
     ("optimizer.lr=fast", "optimizer.lr='fast': SGD takes a number"),
     ("hardware.precision=17", "hardware.precision=17: resolve_hardware takes one of '32-true'"),
 ])
-def test_a_wrongly_typed_value_is_one_line_and_makes_no_run_directory(tmp_path, override, says):
+def test_a_wrongly_typed_value_names_the_key_and_the_type(compose_cfg, override, says):
+    from aistudio.training.config_checks import check_types
+
+    config = OmegaConf.to_container(compose_cfg(override), resolve=True)
+    config.pop("hydra", None)
+    with pytest.raises(AistudioError) as refused:
+        check_types(config)
+    assert str(refused.value).startswith(says) and "— fix" in str(refused.value)
+
+
+def test_a_wrongly_typed_value_is_one_line_and_makes_no_run_directory(tmp_path):
+    """What train.py makes of the type errors above (each worded as the test above checks)."""
     run_dir = tmp_path / "run"
-    result = run_train([override, f"hydra.run.dir={run_dir}"], tmp_path, timeout=120)
+    result = run_train(["trainer.max_epochs=three", f"hydra.run.dir={run_dir}"], tmp_path, timeout=120)
     assert result.returncode == 1
     lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith(f"Error: {says}") and "— fix" in lines[0], result.stderr[-3000:]
+    assert len(lines) == 1 and lines[0].startswith("Error: trainer.max_epochs='three': Trainer takes an integer") \
+        and "— fix" in lines[0], result.stderr[-3000:]
     assert "Traceback" not in result.stderr and not run_dir.exists()
 
 

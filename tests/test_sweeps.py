@@ -7,7 +7,6 @@ import json
 import os
 import re
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
@@ -42,6 +41,11 @@ def test_a_sweep_writes_sweep_json_and_a_ranked_table_and_fails_when_a_job_faile
         run = load_run(sweep / number)
         assert job["run_id"] == run["id"] and job["status"] == run["status"]
         assert job["objective"] == (run["objective"]["value"] if run["status"] == "completed" else None)
+    for number, lr in (("0", 0.05), ("2", 0.01)):  # each completed job: a whole standard run directory
+        job_dir = sweep / number
+        assert len(json.loads((job_dir / "metrics.json").read_text())) == 1
+        assert (job_dir / "checkpoints" / "best.ckpt").is_file() and (job_dir / "logs" / "training.log").is_file()
+        assert json.loads((job_dir / "config.json").read_text())["optimizer"]["lr"] == lr
     assert jobs["1"]["status"] == "failed" and "Invalid learning rate" in jobs["1"]["error"]
     best = max(("0", "2"), key=lambda n: jobs[n]["objective"])
     assert data["best_job"] == best
@@ -63,39 +67,6 @@ hydra:
       augmentation: choice(none, light)
       data.batch_size: choice(4, 8)
 """
-
-
-@pytest.mark.slow
-def test_optuna_search_returns_objectives_and_a_resumed_study_continues(tmp_path, color_project):
-    extra = tmp_path / "conf" / "hparams_search"
-    extra.mkdir(parents=True)
-    (extra / "tiny.yaml").write_text(TINY_SEARCH)
-    args = ["-m", "hparams_search=tiny", f"hydra.searchpath=[file://{tmp_path / 'conf'}]", "data=project",
-            f"data.project={color_project}", *TINY, "hydra.sweeper.n_trials=3",
-            "hydra.sweeper.sampler.n_startup_trials=2"]
-    first = run_train([*args, f"hydra.sweep.dir={tmp_path / 'first'}"], tmp_path)
-    assert first.returncode == 0, first.stderr[-3000:]
-    data = json.loads((tmp_path / "first" / "sweep.json").read_text())
-    assert data["status"] == "completed" and len(data["jobs"]) == 3
-    assert all(isinstance(j["objective"], float) for j in data["jobs"].values())
-    sampled = [load_run(d)["overrides"] for d in job_dirs(tmp_path / "first")]
-    assert all(any(o.startswith("optimizer.lr=") for o in s) for s in sampled)
-    database = tmp_path / "runs" / "optuna.db"
-
-    def trials() -> list[tuple[int, str]]:
-        with sqlite3.connect(database) as db:
-            return db.execute("select number, state from trials order by number").fetchall()
-
-    assert trials() == [(0, "COMPLETE"), (1, "COMPLETE"), (2, "COMPLETE")]
-    # the same command again (e.g. after an interruption): the study continues its trial count
-    again = run_train([*args, "hydra.sweeper.n_trials=1", f"hydra.sweep.dir={tmp_path / 'again'}"], tmp_path)
-    assert again.returncode == 0, again.stderr[-3000:]
-    assert trials() == [(0, "COMPLETE"), (1, "COMPLETE"), (2, "COMPLETE"), (3, "COMPLETE")]
-    with sqlite3.connect(database) as db:
-        values = dict(db.execute("select t.number, v.value from trials t join trial_values v "
-                                 "on v.trial_id = t.trial_id").fetchall())
-    objective = load_run(job_dirs(tmp_path / "again")[0])["objective"]["value"]
-    assert values[3] == objective  # what train.py returned is what the study recorded
 
 
 STUDY = "classification-search"  # the shipped study name for the classification task: ${task.name}-search
@@ -154,14 +125,23 @@ def test_the_sampler_seed_follows_the_seed_and_the_trials_already_in_the_study()
 
 @pytest.mark.slow
 def test_a_resumed_optuna_search_samples_new_points(tmp_path, color_project):
+    """The same search run again continues the study (trial numbers go on) with new points, and what each
+    job's train.py returned is what the study recorded."""
     args = optuna_search(tmp_path, color_project, "hydra.sweeper.n_trials=2")
     for sweep in ("first", "again"):  # the default n_startup_trials=5: every trial is a random start-up one
         result = run_train([*args, f"hydra.sweep.dir={tmp_path / sweep}"], tmp_path)
         assert result.returncode == 0, result.stderr[-3000:]
+        data = json.loads((tmp_path / sweep / "sweep.json").read_text())
+        assert data["status"] == "completed" and len(data["jobs"]) == 2
+        assert all(isinstance(j["objective"], float) for j in data["jobs"].values())
+        sampled = [load_run(d)["overrides"] for d in job_dirs(tmp_path / sweep)]
+        assert all(any(o.startswith("optimizer.lr=") for o in s) for s in sampled)  # the shipped search space
     study = load_study(tmp_path)
     assert [(t.number, t.state.name) for t in study.trials] == [(n, "COMPLETE") for n in range(4)]
     assert len(set(param_sets(study))) == 4, param_sets(study)  # before: trials 2-3 repeated trials 0-1
     assert "already holds 2 trials: sampler seed" in result.stdout + result.stderr
+    objectives = [load_run(d)["objective"]["value"] for sweep in ("first", "again") for d in job_dirs(tmp_path / sweep)]
+    assert [t.value for t in study.trials] == objectives
 
 
 def sweeps_under(runs: Path) -> list[Path]:
@@ -338,22 +318,44 @@ def test_ddp_inside_a_multirun_trains_each_job_once_with_both_ranks_on_the_same_
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("mode", ["single", "optuna", "joblib"])
-def test_ddp_in_a_single_run_an_optuna_and_a_joblib_sweep(tmp_path, color_project, mode):
+def test_a_ddp_run_stopped_by_sigterm_resumes_on_both_ranks(tmp_path, color_project):
+    """A single DDP run, stopped as a scheduler stops it (SIGTERM to the process group) and resumed: rank 1
+    must not refuse the resume because rank 0 already holds the run ("still going")."""
+    run_dir = tmp_path / "run"
+    args = ["data=project", f"data.project={color_project}", *TINY, "hardware=cpu_ddp", "trainer.max_epochs=30"]
+    process = subprocess.Popen([sys.executable, str(ROOT / "train.py"), *args, f"hydra.run.dir={run_dir}"], cwd=ROOT,
+                               env=subprocess_env(tmp_path), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                               text=True, start_new_session=True)
+    deadline = time.monotonic() + 240
+    while not (run_dir / "metrics.json").exists() or not json.loads((run_dir / "metrics.json").read_text()):
+        assert process.poll() is None and time.monotonic() < deadline, process.stderr.read()[-3000:]
+        time.sleep(0.1)
+    os.killpg(process.pid, signal.SIGTERM)
+    _, errors = process.communicate(timeout=120)
+    assert process.returncode == 128 + signal.SIGTERM, errors[-3000:]
+    done = load_run(run_dir)["epochs_completed"]
+    assert load_run(run_dir)["status"] == "interrupted" and 1 <= done < 30
+    resumed = run_train([f"resume={run_dir}", f"trainer.max_epochs={done + 1}"], tmp_path, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "still going" not in resumed.stderr
+    assert_one_ddp_run(run_dir, done + 1)
+    assert load_run(run_dir)["attempt"] == 2
+    assert not (tmp_path / "runs").exists()  # rank 1 never started a run of its own
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", ["optuna", "joblib"])
+def test_ddp_in_an_optuna_and_a_joblib_sweep(tmp_path, color_project, mode):
     base = ["data=project", f"data.project={color_project}", *TINY, "hardware=cpu_ddp"]
-    if mode == "single":
-        result = run_train([*base, f"hydra.run.dir={tmp_path / 'run'}"], tmp_path, timeout=600)
-        dirs = [tmp_path / "run"]
-    else:
-        extra = tmp_path / "conf" / "hparams_search"
-        extra.mkdir(parents=True)
-        (extra / "tiny.yaml").write_text(TINY_SEARCH)
-        launch = (["hparams_search=tiny", f"hydra.searchpath=[file://{tmp_path / 'conf'}]", "hydra.sweeper.n_trials=2"]
-                  if mode == "optuna" else ["hydra/launcher=parallel", "seed=1,2"])
-        result = run_train(["-m", *launch, *base, f"hydra.sweep.dir={tmp_path / 'sweep'}"], tmp_path, timeout=600)
-        dirs = job_dirs(tmp_path / "sweep")
+    extra = tmp_path / "conf" / "hparams_search"
+    extra.mkdir(parents=True)
+    (extra / "tiny.yaml").write_text(TINY_SEARCH)
+    launch = (["hparams_search=tiny", f"hydra.searchpath=[file://{tmp_path / 'conf'}]", "hydra.sweeper.n_trials=2"]
+              if mode == "optuna" else ["hydra/launcher=parallel", "seed=1,2"])
+    result = run_train(["-m", *launch, *base, f"hydra.sweep.dir={tmp_path / 'sweep'}"], tmp_path, timeout=600)
+    dirs = job_dirs(tmp_path / "sweep")
     assert result.returncode == 0, result.stderr[-3000:]
-    assert len(dirs) == (1 if mode == "single" else 2)
+    assert len(dirs) == 2
     for run_dir in dirs:
         assert_one_ddp_run(run_dir, 1)
     strays = [p.name for p in (tmp_path / "runs").iterdir()] if (tmp_path / "runs").exists() else []

@@ -13,6 +13,7 @@ import logging
 import os
 import sys
 from pathlib import Path
+from types import EllipsisType
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -39,10 +40,15 @@ def main(cfg: DictConfig) -> float | None:
     hydra_cfg = HydraConfig.get()
     multirun = is_sweep_job()
     run_dir = Path(hydra_cfg.runtime.output_dir)
-    # a sweep's jobs record a type error in their own run.json instead
-    project = None if multirun else _refuse_bad_config(cfg, run_dir)
     try:
-        return run_training(cfg, run_dir, overrides=list(hydra_cfg.overrides.task), project=project)
+        if multirun:  # a sweep's jobs record a refusal or a type error in their own run.json instead
+            return run_training(cfg, run_dir, overrides=list(hydra_cfg.overrides.task))
+        # what can be refused without torch is refused first (a refusal takes a second, not the imports' seconds)
+        checkpoint = _resume_checkpoint(cfg, run_dir)
+        _refuse_while_busy(cfg)
+        project = _refuse_bad_config(cfg, run_dir)
+        return run_training(cfg, run_dir, overrides=list(hydra_cfg.overrides.task), project=project,
+                            checkpoint=checkpoint)
     except TrainingStopped as stop:  # recorded as interrupted; a signal stops a whole sweep too
         print(f"\nStopped by {stop.signal_name}: run recorded as interrupted, resume with "
               f"python train.py resume={run_dir}", file=sys.stderr)
@@ -60,12 +66,13 @@ def main(cfg: DictConfig) -> float | None:
 
 
 def run_training(cfg: DictConfig, run_dir: Path, overrides: list[str] | None = None,
-                 project: Project | None = None) -> float | None:
-    """Run one training job in ``run_dir``; every outcome ends in run.json (failed runs keep their files)."""
+                 project: Project | None = None, checkpoint: Path | None | EllipsisType = ...) -> float | None:
+    """Run one training job in ``run_dir``; every outcome ends in run.json (failed runs keep their files).
+    ``checkpoint``: what :func:`_resume_checkpoint` found already (``...``: look it up here)."""
     from aistudio.training.fit import fit_and_test
 
-    max_epochs = OmegaConf.select(cfg, "trainer.max_epochs")
-    checkpoint = resume_checkpoint(run_dir, cfg.get("resume"), max_epochs)  # refusals leave the run untouched
+    if checkpoint is ...:
+        checkpoint = _resume_checkpoint(cfg, run_dir)
     fields = {"overrides": overrides or [], "task": OmegaConf.select(cfg, "task.name", default=None),
               "model": OmegaConf.select(cfg, "model.name", default=None)}
     with RunSession(run_dir, checkpoint=checkpoint, resuming=bool(cfg.get("resume")), lock=_lock_for(cfg),
@@ -85,6 +92,26 @@ def run_training(cfg: DictConfig, run_dir: Path, overrides: list[str] | None = N
     log.info("done: best %s=%s (epoch %s); run directory %s", result.monitor,
              f"{best[result.monitor]:.4g}" if best else None, best and best["epoch"], run_dir)
     return result.objective
+
+
+def _resume_checkpoint(cfg: DictConfig, run_dir: Path) -> Path | None:
+    """What ``resume=`` (or a SLURM requeue) continues from; impossible resumes are refused, the run untouched."""
+    return resume_checkpoint(run_dir, cfg.get("resume"), OmegaConf.select(cfg, "trainer.max_epochs"))
+
+
+def _refuse_while_busy(cfg: DictConfig) -> None:
+    """A start the run lock would refuse is refused before the heavy imports (seconds), asking the lock
+    without taking it (:meth:`RunLock.holder`). The session still takes it: a run that starts in between
+    is refused there."""
+    if global_rank() != 0:  # DDP ranks > 0 take no lock: rank 0 holds it for the run
+        return
+    try:
+        lock = _lock_for(cfg)
+    except AistudioError:  # an impossible device setting: reported where the session takes the lock
+        return
+    holder = lock.holder() if lock else None
+    if holder is not None:
+        raise lock.busy_error(holder)
 
 
 def _refuse_bad_config(cfg: DictConfig, run_dir: Path) -> Project | None:

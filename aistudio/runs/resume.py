@@ -13,6 +13,7 @@ from typing import Any
 from aistudio import AistudioError
 from aistudio.run_layout import LAST_CHECKPOINT, RUN_FILE
 from aistudio.runs.atomic import read_json
+from aistudio.runs.rank import global_rank
 from aistudio.runs.record import stale_reason
 
 log = logging.getLogger("aistudio.train")
@@ -41,6 +42,8 @@ def resume_checkpoint(run_dir: Path, resume: str | None, max_epochs: int | None)
     reference = resume or f"{run_dir} (SLURM requeue {os.environ.get('SLURM_RESTART_COUNT')})"
     given = Path(str(resume)).expanduser() if resume else run_dir
     checkpoint = given if given.is_file() else run_dir / LAST_CHECKPOINT
+    if global_rank() != 0:  # rank 0 refused what was impossible; by now it holds the run, "still going"
+        return checkpoint if checkpoint.is_file() else None
     previous = read_json(run_dir / RUN_FILE)
     if previous is None:
         raise AistudioError(f"resume={reference}: not a run directory (no run.json there) — pass a run's "

@@ -258,9 +258,9 @@ class BestAndLastCheckpoint(ModelCheckpoint):
     ``save_on_tie``: an epoch that equals the best value replaces it. Accuracy on a small validation
     set ties often, and the later epoch has trained longer at a lower learning rate.
 
-    ``last_every_minutes``: ``last.ckpt`` is also written inside an epoch once this long has passed since it
-    was last written, at a batch boundary, so a run killed without warning (kill -9, the OOM killer, a lost
-    node) resumes from there rather than from the last epoch's end (the resume continues inside the epoch:
+    ``last_every_minutes``: ``last.ckpt`` is also written inside an epoch once this long has passed since its
+    last write ended (training gets the whole interval however slow a write is), at a batch boundary, so a
+    run killed without warning (kill -9, the OOM killer, a lost node) resumes from there rather than from the last epoch's end (the resume continues inside the epoch:
     :mod:`aistudio.training.resume_state`). Only ``last.ckpt``: mid-epoch there is no new validation score.
     On one device the clock is read every step; under DDP rank 0's clock decides every
     :data:`DDP_TIME_CHECK_STEPS` steps (one broadcast, not one per step). None: at epoch ends only.
@@ -299,7 +299,12 @@ class BestAndLastCheckpoint(ModelCheckpoint):
         return trainer.strategy.reduce_boolean_decision(decision)
 
     def _save_last_checkpoint(self, trainer: pl.Trainer, monitor_candidates: dict[str, torch.Tensor]) -> None:
-        self._last_written = time.monotonic()
+        try:
+            self._write_last_checkpoint(trainer, monitor_candidates)
+        finally:
+            self._last_written = time.monotonic()
+
+    def _write_last_checkpoint(self, trainer: pl.Trainer, monitor_candidates: dict[str, torch.Tensor]) -> None:
         best = Path(self.best_model_path) if self.best_model_path else None
         same_step = self._last_global_step_saved == trainer.global_step and best is not None
         if (self.save_last is True and same_step
