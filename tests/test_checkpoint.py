@@ -107,11 +107,11 @@ def test_background_writes_snapshot_into_reused_host_buffers(tmp_path, monkeypat
 
     slow_write = AtomicCheckpointIO._write
 
-    def write_slowly(checkpoint, path, size=None):
+    def write_slowly(self, checkpoint, path, size=None):
         time.sleep(0.2)  # a slow disk: the next saves find their buffer sets busy
-        slow_write(checkpoint, path, size)
+        slow_write(self, checkpoint, path, size)
 
-    monkeypatch.setattr(AtomicCheckpointIO, "_write", staticmethod(write_slowly))
+    monkeypatch.setattr(AtomicCheckpointIO, "_write", write_slowly)
     io = AtomicCheckpointIO(background=True)
     weight = torch.zeros(4, 3, 5, 5).to(memory_format=torch.channels_last)
     state = {"state_dict": {"w": weight, "b": torch.zeros(4)}, "optimizer_states": [{"momentum": [torch.zeros(7)]}],
@@ -148,3 +148,28 @@ def test_last_every_minutes_must_be_a_number_of_minutes(minutes):
         BestAndLastCheckpoint(monitor="val_acc", mode="max", save_last=True, last_every_minutes=minutes)
     assert BestAndLastCheckpoint(last_every_minutes=0).last_every_minutes == 0.0
     assert BestAndLastCheckpoint().last_every_minutes is None
+
+
+@pytest.mark.parametrize("background", [False, True])
+def test_checkpoints_skip_the_zip_crc32_unless_asked_and_load_the_same(tmp_path, background):
+    """crc32=False (the default) writes zero CRCs, which torch.load never checks; crc32=True writes real ones
+    (``unzip -t`` passes). The same tensors load from both, and torch's own setting is left as it was."""
+    import zipfile
+
+    from torch.utils.serialization import config
+
+    state = {"state_dict": {"w": torch.randn(64, 3, 3, 3)}, "optimizer_states": [{"momentum": [torch.randn(50)]}]}
+    before = config.save.compute_crc32
+    for crc32 in (False, True):
+        io = AtomicCheckpointIO(background=background, crc32=crc32)
+        path = tmp_path / f"crc32-{crc32}.ckpt"
+        io.save_checkpoint(state, path)
+        io.teardown()
+        loaded = torch.load(path, weights_only=False)
+        assert torch.equal(loaded["state_dict"]["w"], state["state_dict"]["w"])
+        assert torch.equal(loaded["optimizer_states"][0]["momentum"][0], state["optimizer_states"][0]["momentum"][0])
+        records = zipfile.ZipFile(path).infolist()
+        assert all((info.CRC != 0) == crc32 for info in records if info.file_size > 0), \
+            [(info.filename, info.CRC) for info in records]
+        assert (zipfile.ZipFile(path).testzip() is None) == crc32  # a zip tool's check passes only with CRCs
+    assert config.save.compute_crc32 == before

@@ -16,9 +16,11 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Literal
 
@@ -75,15 +77,21 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     Writes, links and removals run in submission order; :meth:`teardown` (end of fit/test) waits for all of
     them.
 
+    ``crc32``: whether torch.save computes a CRC-32 of every record of the file (a zip). Off by default:
+    it is half of torch.save's time (ResNet-18 + momentum, 90 MB: 175 -> 84 ms on 2 CPU cores) and torch.load
+    never checks it (a flipped byte loads without a word either way); a torn write cannot happen here
+    (temp file, fsync, rename). On: for tools that verify zip CRCs (``unzip -t``).
+
     A failed write raises :class:`CheckpointWriteError` (its temp file removed). In the background, the
     writer then skips everything queued after it (no link to a stale file, no removal), and the error is
     raised by the next :meth:`check` (:class:`BestAndLastCheckpoint` calls it before every training step),
     the next write, or :meth:`teardown` — whichever comes first, and by every later write until teardown.
     """
 
-    def __init__(self, background: bool | Literal["auto"] = False):
+    def __init__(self, background: bool | Literal["auto"] = False, crc32: bool = False):
         super().__init__()
         self.setting = background
+        self.crc32 = crc32
         # the Trainer factory resolves "auto" for the run's accelerator (for_accelerator); until then, for
         # whether this machine has a GPU
         self.mode = write_mode(background, "gpu" if torch.cuda.is_available() else "cpu")
@@ -137,14 +145,16 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
         self._executor.submit(run)
 
-    @staticmethod
-    def _write(checkpoint: dict[str, Any], path: Path, size: int | None = None) -> None:
-        AtomicCheckpointIO._commit(AtomicCheckpointIO._write_temp(checkpoint, path, size), path, size)
+    def _write(self, checkpoint: dict[str, Any], path: Path, size: int | None = None) -> None:
+        AtomicCheckpointIO._commit(self._write_temp(checkpoint, path, size), path, size)
 
-    @staticmethod
-    def _write_temp(checkpoint: dict[str, Any], path: Path, size: int | None) -> Path:
+    def _write_temp(self, checkpoint: dict[str, Any], path: Path, size: int | None) -> Path:
+        def save(handle: Any) -> None:
+            with _crc32(self.crc32):
+                torch.save(checkpoint, handle)
+
         try:
-            return write_temp(path, lambda handle: torch.save(checkpoint, handle), mode="wb")
+            return write_temp(path, save, mode="wb")
         except Exception as err:  # write_temp has removed the temp file
             raise CheckpointWriteError(path, size, err) from err
 
@@ -163,10 +173,9 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             size = source.stat().st_size if source.is_file() else None
             raise CheckpointWriteError(target, size, err) from err
 
-    @staticmethod
-    def _write_snapshot(snapshot: Snapshot, path: Path) -> None:
+    def _write_snapshot(self, snapshot: Snapshot, path: Path) -> None:
         try:
-            AtomicCheckpointIO._write(snapshot.ready(), path, snapshot.size or None)
+            self._write(snapshot.ready(), path, snapshot.size or None)
         finally:
             snapshot.release()
 
@@ -207,6 +216,23 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         self._error, self._raised = None, False
         if error is not None and not raised:
             raise error
+
+
+_CRC32_SETTING = threading.Lock()  # torch's switch is process-wide: one writer at a time sets and restores it
+
+
+@contextmanager
+def _crc32(enabled: bool) -> Iterator[None]:
+    """torch.save computes zip CRC-32s (or not) inside this block; the process's own setting is restored."""
+    from torch.utils.serialization import config
+
+    with _CRC32_SETTING:
+        before = config.save.compute_crc32
+        config.save.compute_crc32 = enabled
+        try:
+            yield
+        finally:
+            config.save.compute_crc32 = before
 
 
 WRITE_MODES = ("background", "commit_behind", "in_line")
