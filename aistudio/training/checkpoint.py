@@ -29,6 +29,7 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning_utilities.core.apply_func import apply_to_collection
+from torch.utils.serialization import config as serialization_config
 
 from aistudio import AistudioError, exception_chain
 from aistudio.runs.atomic import commit_temp, write_temp
@@ -224,15 +225,13 @@ _CRC32_SETTING = threading.Lock()  # torch's switch is process-wide: one writer 
 @contextmanager
 def _crc32(enabled: bool) -> Iterator[None]:
     """torch.save computes zip CRC-32s (or not) inside this block; the process's own setting is restored."""
-    from torch.utils.serialization import config
-
     with _CRC32_SETTING:
-        before = config.save.compute_crc32
-        config.save.compute_crc32 = enabled
+        before = serialization_config.save.compute_crc32
+        serialization_config.save.compute_crc32 = enabled
         try:
             yield
         finally:
-            config.save.compute_crc32 = before
+            serialization_config.save.compute_crc32 = before
 
 
 WRITE_MODES = ("background", "commit_behind", "in_line")
@@ -286,8 +285,8 @@ class BestAndLastCheckpoint(ModelCheckpoint):
 
     ``last_every_minutes``: ``last.ckpt`` is also written inside an epoch once this long has passed since its
     last write ended (training gets the whole interval however slow a write is), at a batch boundary, so a
-    run killed without warning (kill -9, the OOM killer, a lost node) resumes from there rather than from the last epoch's end (the resume continues inside the epoch:
-    :mod:`aistudio.training.resume_state`). Only ``last.ckpt``: mid-epoch there is no new validation score.
+    run killed without warning (kill -9, the OOM killer, a lost node) resumes from there rather than from
+    the last epoch's end (the resume continues inside the epoch: :mod:`aistudio.training.resume_state`). Only ``last.ckpt``: mid-epoch there is no new validation score.
     On one device the clock is read every step; under DDP rank 0's clock decides every
     :data:`DDP_TIME_CHECK_STEPS` steps (one broadcast, not one per step). None: at epoch ends only.
     """
