@@ -322,7 +322,8 @@ def test_a_ddp_run_stopped_by_sigterm_resumes_on_both_ranks(tmp_path, color_proj
     """A single DDP run, stopped as a scheduler stops it (SIGTERM to the process group) and resumed: rank 1
     must not refuse the resume because rank 0 already holds the run ("still going")."""
     run_dir = tmp_path / "run"
-    args = ["data=project", f"data.project={color_project}", *TINY, "hardware=cpu_ddp", "trainer.max_epochs=30"]
+    args = ["data=project", f"data.project={color_project}", *TINY_WORKERS, "hardware=cpu_ddp", "trainer.max_epochs=30",
+            "data.num_workers=1"]  # auto gives 0 here (2 ranks on 2 cores); a worker per rank also gets the SIGTERM
     process = subprocess.Popen([sys.executable, str(ROOT / "train.py"), *args, f"hydra.run.dir={run_dir}"], cwd=ROOT,
                                env=subprocess_env(tmp_path), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                                text=True, start_new_session=True)
