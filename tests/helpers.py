@@ -109,6 +109,43 @@ FAST_TRAIN = ["hardware=cpu", "data.num_workers=0", "data.image_size=32", "data.
               "model=resnet18", "callbacks.progress_bar.kind=none", "plots=false"]
 
 
+# the default data path: workers on (data.num_workers=auto), the progress bar as the terminal decides
+DEFAULT_PATH = [a for a in FAST_TRAIN if not a.startswith(("data.num_workers", "callbacks.progress_bar"))]
+
+
+def start_train(args: list[str], tmp: Path, new_session: bool = False) -> subprocess.Popen:
+    """``python train.py`` in the background; ``new_session``: its own process group, as a shell job has."""
+    return subprocess.Popen([sys.executable, str(ROOT / "train.py"), *args], cwd=ROOT, env=subprocess_env(tmp),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            start_new_session=new_session)
+
+
+def runs_cli(tmp: Path, *args: str) -> subprocess.CompletedProcess:
+    """``aistudio runs <args>`` over the runs root the test's train.py runs write to."""
+    return subprocess.run([sys.executable, "-m", "aistudio.cli.main", "runs", "--root", str(tmp / "runs"), *args],
+                          cwd=ROOT, env=subprocess_env(tmp), capture_output=True, text=True, timeout=600)
+
+
+def epochs_in(run_dir: Path) -> list[int]:
+    """The epochs metrics.json holds so far (one entry per finished epoch)."""
+    path = run_dir / "metrics.json"
+    return [m["epoch"] for m in json.loads(path.read_text())] if path.exists() else []
+
+
+def wait_until(process: subprocess.Popen | TerminalRun, condition, timeout: float = 600, poll_s: float = 0.02) -> None:
+    """Poll ``condition()`` until it holds; fail at once, with the run's output, if the process ended first."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        if process.poll() is not None:
+            output = process.text() if isinstance(process, TerminalRun) else \
+                (process.stderr.read() if process.stderr else "")
+            raise AssertionError(f"training ended (code {process.returncode}) before the condition: {output[-3000:]}")
+        time.sleep(poll_s)
+    raise AssertionError("timed out waiting for the training subprocess")
+
+
 class TerminalRun:
     """``python train.py`` in a real pseudo-terminal: Ctrl-C typed there reaches the whole foreground
     process group (the trainer and its DataLoader workers), as in a user's shell."""
