@@ -286,7 +286,8 @@ class BestAndLastCheckpoint(ModelCheckpoint):
     ``last_every_minutes``: ``last.ckpt`` is also written inside an epoch once this long has passed since its
     last write ended (training gets the whole interval however slow a write is), at a batch boundary, so a
     run killed without warning (kill -9, the OOM killer, a lost node) resumes from there rather than from
-    the last epoch's end (the resume continues inside the epoch: :mod:`aistudio.training.resume_state`). Only ``last.ckpt``: mid-epoch there is no new validation score.
+    the last epoch's end (the resume continues inside the epoch: :mod:`aistudio.training.resume_state`).
+    Only ``last.ckpt``: mid-epoch there is no new validation score.
     On one device the clock is read every step; under DDP rank 0's clock decides every
     :data:`DDP_TIME_CHECK_STEPS` steps (one broadcast, not one per step). None: at epoch ends only.
     """
