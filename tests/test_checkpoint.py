@@ -173,3 +173,150 @@ def test_checkpoints_skip_the_zip_crc32_unless_asked_and_load_the_same(tmp_path,
             [(info.filename, info.CRC) for info in records]
         assert (zipfile.ZipFile(path).testzip() is None) == crc32  # a zip tool's check passes only with CRCs
     assert config.save.compute_crc32 == before
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# a replaced checkpoint is rewritten by the next write (aistudio/training/checkpoint_spare.py)
+
+
+def _files(folder):
+    return sorted(p.name for p in folder.iterdir())
+
+
+@pytest.fixture
+def rewrites(monkeypatch):
+    """How many checkpoint writes went into a recycled file (write_temp's ``reuse``) and how many into a new one."""
+    from aistudio.training import checkpoint
+
+    counts = {"recycled": 0, "new": 0}
+    real_write_temp = checkpoint.write_temp
+
+    def counting_write_temp(path, write, mode="w", reuse=None):
+        counts["new" if reuse is None else "recycled"] += 1
+        return real_write_temp(path, write, mode, reuse)
+
+    monkeypatch.setattr(checkpoint, "write_temp", counting_write_temp)
+    return counts
+
+
+def test_a_replaced_checkpoint_is_rewritten_by_the_next_write_and_removed_at_teardown(tmp_path):
+    from aistudio.runs.atomic import remove_stale_temp_files
+    from aistudio.training.checkpoint_spare import SPARE_NAME
+
+    io = AtomicCheckpointIO()
+    last = tmp_path / "last.ckpt"
+    io.save_checkpoint({"epoch": 0, "w": torch.ones(50_000)}, last)
+    first = last.stat().st_ino
+    io.save_checkpoint({"epoch": 1, "w": torch.ones(50_000)}, last)
+    assert _files(tmp_path) == [SPARE_NAME, "last.ckpt"] and (tmp_path / SPARE_NAME).stat().st_ino == first
+    io.save_checkpoint({"epoch": 2, "w": torch.full((10,), 2.0)}, last)  # smaller: the rewritten file is cut
+    assert last.stat().st_ino == first and last.stat().st_size < 10_000
+    saved = torch.load(last, weights_only=False)
+    assert saved["epoch"] == 2 and torch.equal(saved["w"], torch.full((10,), 2.0))
+    assert remove_stale_temp_files(tmp_path) == [tmp_path / SPARE_NAME]  # what a killed run leaves is stale
+    io.save_checkpoint({"epoch": 3}, last)
+    io.teardown()
+    assert _files(tmp_path) == ["last.ckpt"] and torch.load(last, weights_only=False)["epoch"] == 3
+
+
+READER = """
+import hashlib, sys
+handle = open(sys.argv[1], "rb")
+print("open", flush=True)
+sys.stdin.readline()
+print(hashlib.sha256(handle.read()).hexdigest(), flush=True)
+"""
+
+
+@pytest.mark.parametrize("reader", ["open file", "memory map", "another process"])
+def test_a_replaced_checkpoint_still_being_read_is_never_rewritten(tmp_path, reader, rewrites):
+    """Whoever opened the old last.ckpt (an evaluation of a running run, a copy, torch.load(mmap=True)) reads
+    the old checkpoint to its end, however many checkpoints are written meanwhile."""
+    import hashlib
+    import mmap
+    import subprocess
+    import sys
+
+    io = AtomicCheckpointIO()
+    last = tmp_path / "last.ckpt"
+    io.save_checkpoint({"epoch": 0, "w": torch.zeros(50_000)}, last)
+    expected = hashlib.sha256(last.read_bytes()).hexdigest()
+    handle = open(last, "rb")  # noqa: SIM115 - held open across the writes below
+    child = None
+    if reader == "memory map":
+        mapped = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
+        handle.close()
+    elif reader == "another process":
+        handle.close()
+        child = subprocess.Popen([sys.executable, "-c", READER, str(last)], stdin=subprocess.PIPE,
+                                 stdout=subprocess.PIPE, text=True)
+        assert child.stdout.readline().strip() == "open"
+    first = last.stat().st_ino
+    for epoch in range(1, 4):
+        io.save_checkpoint({"epoch": epoch, "w": torch.full((50_000,), float(epoch))}, last)
+        assert last.stat().st_ino != first
+    assert rewrites["recycled"] == 1  # epoch 3 rewrote epoch 1's file, which nobody had open
+    if reader == "open file":
+        assert hashlib.sha256(handle.read()).hexdigest() == expected
+        handle.close()
+    elif reader == "memory map":
+        assert hashlib.sha256(mapped[:]).hexdigest() == expected
+        mapped.close()
+    else:
+        out, _ = child.communicate("read\n", timeout=30)
+        assert out.strip() == expected
+    assert torch.load(last, weights_only=False)["epoch"] == 3
+    io.teardown()
+    assert _files(tmp_path) == ["last.ckpt"]
+
+
+@pytest.mark.parametrize("mode", ["in_line", "commit_behind", "background"])
+def test_best_and_last_stay_right_through_any_order_of_writes_and_links(tmp_path, mode, rewrites):
+    """Writes of best and last and links of last to best, in a random order: every file always holds what was
+    last written to it (a spare is never a file that a name still holds), in every write mode."""
+    import random
+
+    io = AtomicCheckpointIO(background={"in_line": False, "commit_behind": "auto", "background": True}[mode])
+    io.for_accelerator("cpu")
+    assert io.mode == mode
+    folder = tmp_path
+    expected: dict[str, int] = {}
+    rng = random.Random(14)
+    for step in range(60):
+        action = rng.choice(["best", "last", "link"] if "best" in expected else ["best"])
+        if action == "link":
+            io.link(folder / "best.ckpt", folder / "last.ckpt")
+            expected["last"] = expected["best"]
+        else:
+            io.save_checkpoint({"step": step, "w": torch.full((20_000,), float(step))}, folder / f"{action}.ckpt")
+            expected[action] = step
+        io.wait()
+        for name, value in expected.items():
+            saved = torch.load(folder / f"{name}.ckpt", weights_only=False)
+            assert saved["step"] == value and torch.equal(saved["w"], torch.full((20_000,), float(value))), \
+                (step, action, name)
+    assert rewrites["recycled"] >= 10 and rewrites["new"] >= 5  # spares were taken, and none at times
+    io.teardown()
+    assert _files(folder) == ["best.ckpt", "last.ckpt"]
+
+
+def test_without_write_leases_every_write_gets_a_new_file(tmp_path, monkeypatch, rewrites):
+    """Where Linux cannot tell whether someone reads a file (NFS, other systems), nothing is rewritten."""
+    import errno
+    import fcntl
+
+    def no_leases(fd, command, *args):
+        if command == fcntl.F_SETLEASE:
+            raise OSError(errno.EINVAL, "leases not supported")
+        return real_fcntl(fd, command, *args)
+
+    real_fcntl = fcntl.fcntl
+    monkeypatch.setattr(fcntl, "fcntl", no_leases)
+    io = AtomicCheckpointIO()
+    last = tmp_path / "last.ckpt"
+    for epoch in range(4):
+        io.save_checkpoint({"epoch": epoch}, last)
+        assert torch.load(last, weights_only=False)["epoch"] == epoch
+    assert rewrites == {"recycled": 0, "new": 4}
+    io.teardown()
+    assert _files(tmp_path) == ["last.ckpt"]

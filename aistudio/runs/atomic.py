@@ -36,16 +36,28 @@ def atomic_write(path: str | Path, write: Callable[[IO[Any]], object], mode: str
     commit_temp(write_temp(path, write, mode), path, durable)
 
 
-def write_temp(path: str | Path, write: Callable[[IO[Any]], object], mode: str = "w") -> Path:
+def write_temp(path: str | Path, write: Callable[[IO[Any]], object], mode: str = "w",
+               reuse: Path | None = None) -> Path:
     """The first half of :func:`atomic_write`: ``write(handle)`` into a new temp file beside ``path``
-    (flushed, not yet fsync'd); returns the temp file. On failure it is removed and the error raised."""
+    (flushed, not yet fsync'd); returns the temp file. On failure it is removed and the error raised.
+    ``reuse``: a temp file of this caller's to rewrite from its start (and cut to what was written) instead."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMP_SUFFIX, dir=path.parent)
+    fd = None
+    if reuse is not None:
+        try:
+            fd, tmp = os.open(reuse, os.O_WRONLY), str(reuse)
+        except OSError:  # gone meanwhile: a new file then
+            reuse = None
+    if fd is None:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMP_SUFFIX, dir=path.parent)
     try:
-        os.fchmod(fd, _file_mode())
+        if reuse is None:
+            os.fchmod(fd, _file_mode())
         with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as handle:
             write(handle)
+            if reuse is not None:
+                handle.truncate()  # a shorter file than the one rewritten
             handle.flush()
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -53,9 +65,10 @@ def write_temp(path: str | Path, write: Callable[[IO[Any]], object], mode: str =
     return Path(tmp)
 
 
-def commit_temp(tmp: str | Path, path: str | Path, durable: bool = True) -> None:
+def commit_temp(tmp: str | Path, path: str | Path, durable: bool = True,
+                replace: Callable[[Path, Path], object] = os.replace) -> None:
     """The second half of :func:`atomic_write`: fsync the temp file (unless not ``durable``), then rename
-    it over ``path``. On failure the temp file is removed and the error raised."""
+    it over ``path`` (with ``replace``). On failure the temp file is removed and the error raised."""
     try:
         if durable:
             fd = os.open(tmp, os.O_RDONLY)
@@ -63,7 +76,7 @@ def commit_temp(tmp: str | Path, path: str | Path, durable: bool = True) -> None
                 os.fsync(fd)
             finally:
                 os.close(fd)
-        os.replace(tmp, path)
+        replace(Path(tmp), Path(path))
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

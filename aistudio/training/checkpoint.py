@@ -33,6 +33,7 @@ from torch.utils.serialization import config as serialization_config
 
 from aistudio import AistudioError, exception_chain
 from aistudio.runs.atomic import commit_temp, write_temp
+from aistudio.training.checkpoint_spare import SpareFiles
 from aistudio.training.checkpoint_staging import HostStaging, Snapshot
 
 log = logging.getLogger("aistudio.train")
@@ -76,7 +77,8 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     * ``in_line`` (``background=False``): everything on the caller's thread.
 
     Writes, links and removals run in submission order; :meth:`teardown` (end of fit/test) waits for all of
-    them.
+    them. The file a write replaces is rewritten by the next write when nobody reads it any more
+    (:mod:`aistudio.training.checkpoint_spare`: half the write's time on a VM).
 
     ``crc32``: whether torch.save computes a CRC-32 of every record of the file (a zip). Off by default:
     it is half of torch.save's time (ResNet-18 + momentum, 90 MB: 175 -> 84 ms on 2 CPU cores) and torch.load
@@ -98,6 +100,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         self.mode = write_mode(background, "gpu" if torch.cuda.is_available() else "cpu")
         self._executor: ThreadPoolExecutor | None = None
         self._staging = HostStaging()
+        self._spares = SpareFiles()
         self._error: BaseException | None = None
         self._raised = False  # the error has reached the training thread (teardown must not raise it again)
 
@@ -147,7 +150,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         self._executor.submit(run)
 
     def _write(self, checkpoint: dict[str, Any], path: Path, size: int | None = None) -> None:
-        AtomicCheckpointIO._commit(self._write_temp(checkpoint, path, size), path, size)
+        self._commit(self._write_temp(checkpoint, path, size), path, size)
 
     def _write_temp(self, checkpoint: dict[str, Any], path: Path, size: int | None) -> Path:
         def save(handle: Any) -> None:
@@ -155,21 +158,19 @@ class AtomicCheckpointIO(TorchCheckpointIO):
                 torch.save(checkpoint, handle)
 
         try:
-            return write_temp(path, save, mode="wb")
+            return write_temp(path, save, mode="wb", reuse=self._spares.take(path))
         except Exception as err:  # write_temp has removed the temp file
             raise CheckpointWriteError(path, size, err) from err
 
-    @staticmethod
-    def _commit(tmp: Path, path: Path, size: int | None) -> None:
+    def _commit(self, tmp: Path, path: Path, size: int | None) -> None:
         try:
-            commit_temp(tmp, path)
+            commit_temp(tmp, path, replace=self._spares.replace)
         except Exception as err:  # commit_temp has removed the temp file
             raise CheckpointWriteError(path, size, err) from err
 
-    @staticmethod
-    def _link(source: Path, target: Path) -> None:
+    def _link(self, source: Path, target: Path) -> None:
         try:
-            replace_with_link(source, target)
+            replace_with_link(source, target, replace=self._spares.replace)
         except Exception as err:
             size = source.stat().st_size if source.is_file() else None
             raise CheckpointWriteError(target, size, err) from err
@@ -213,6 +214,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             self._executor.shutdown(wait=True)
             self._executor = None
         self._staging.clear()
+        self._spares.discard()
         error, raised = self._error, self._raised
         self._error, self._raised = None, False
         if error is not None and not raised:
@@ -259,11 +261,15 @@ def _lowest_cpu_priority() -> None:
         pass
 
 
-def replace_with_link(source: str | Path, target: str | Path) -> None:
-    """Make ``target`` a hard link to ``source``, atomically (falls back to a copy across devices)."""
+def replace_with_link(source: str | Path, target: str | Path,
+                      replace: Callable[[Path, Path], object] = os.replace) -> None:
+    """Make ``target`` a hard link to ``source``, atomically (falls back to a copy across devices);
+    ``replace`` renames the link over ``target``."""
     import shutil
 
     target = Path(target)
+    if target.exists() and os.path.samefile(source, target):
+        return  # already one file (a rename between two links to it would do nothing and leave tmp behind)
     tmp = target.with_name(f".{target.name}.link.tmp")
     tmp.unlink(missing_ok=True)
     try:
@@ -271,7 +277,7 @@ def replace_with_link(source: str | Path, target: str | Path) -> None:
             os.link(source, tmp)
         except OSError:
             shutil.copyfile(source, tmp)
-        os.replace(tmp, target)
+        replace(tmp, target)
     except BaseException:
         tmp.unlink(missing_ok=True)  # a copy cut short by a full disk
         raise

@@ -8,7 +8,10 @@ cross-entropy, backward, step, zero_grad`` on the same network (the task's own, 
 ProjectDataModule loader (ClassificationDataset + the same albumentations pipeline, batch size,
 num_workers), the same optimizer settings and torch thread count. Rounds alternate raw, framework, raw,
 framework... to cancel drift; in each, epoch 0 is warm-up and only later epochs are timed (see
-EpochTimer for what a framework epoch includes). Target: framework/raw >= 0.97 (--target). The "checkpoint s"
+EpochTimer for what a framework epoch includes). Target: framework/raw >= 0.97 (--target), judged on the
+median of the rounds' ratios: on a shared VM one round in three or four runs 10% off on one side (another
+tenant's burst), and the median of three or more rounds keeps such a round out of the verdict while every
+round still charges the framework all of its epoch ends (the pooled ratio is printed beside it). The "checkpoint s"
 column says how much of the framework's time went into writing best.ckpt/last.ckpt. "CPU ms/image" is this
 process's CPU time (every thread of it; DataLoader workers are other processes) over the same span: on a
 shared VM the wall-clock ratio moves by 10% between rounds, the CPU-time ratio far less, so a gap in both
@@ -21,7 +24,7 @@ The same comparison runs for any recipe and speed setting, each applied to both 
 ``--limit-batches N`` (N steps an epoch). ``--loader-ceiling`` also times the loader alone (no model):
 the most either side could reach. ``--json PATH`` writes the figures for scripts/bench/gpu_summary.py.
 
-    .venv/bin/python scripts/bench/throughput.py [--epochs 6] [--rounds 2] [--model resnet18]
+    .venv/bin/python scripts/bench/throughput.py [--epochs 6] [--rounds 3] [--model resnet18]
         [--batch-size 64] [--image-size 32] [--accelerator cpu|gpu] [--threads N] [--data-dir DIR]
         [--experiment NAME] [--precision P] [--channels-last] [--compile [MODE]] [--limit-batches N]
         [--loader-ceiling] [--label TEXT] [--json PATH] [--override KEY=VALUE ...]
@@ -33,6 +36,7 @@ import argparse
 import gc
 import json
 import os
+import statistics
 import sys
 import tempfile
 import time
@@ -325,7 +329,8 @@ def loader_ceiling(args: argparse.Namespace) -> float:
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--epochs", type=int, default=6, help="epochs per side and round (first is warm-up; >= 2)")
-    parser.add_argument("--rounds", type=int, default=2, help="raw/framework pairs, alternated")
+    parser.add_argument("--rounds", type=int, default=3, help="raw/framework pairs, alternated (the verdict: the "
+                        "median of their ratios)")
     parser.add_argument("--model", default="resnet18", help="a conf/model option or a torchvision name ('': the "
                         "experiment's)")
     parser.add_argument("--batch-size", type=int, default=64, help="0: the config's")
@@ -386,14 +391,17 @@ def main() -> int:
     for side in ("raw", "framework"):
         mine = [m for m in results if m.side == side]
         totals[side] = sum(m.images for m in mine) / sum(m.seconds for m in mine)
-    ratio = totals["framework"] / totals["raw"]
-    per_round = [f"{f.rate / r.rate:.3f}" for r, f in zip(results[::2], results[1::2])]
+    pooled = totals["framework"] / totals["raw"]
+    rounds = [f.rate / r.rate for r, f in zip(results[::2], results[1::2])]
+    ratio = statistics.median(rounds)
+    per_round = [f"{r:.3f}" for r in rounds]
     print(f"\nthroughput: {setup}\n")
     print(table(["side", "round", "timed epochs", "images", "train s", "images/s", "CPU ms/image", "threads",
                  "of which checkpoint s", "of which epoch ends s", "val s (subtracted)"], rows))
     print(f"\nimages/s over all rounds: raw {totals['raw']:.1f}, framework {totals['framework']:.1f}")
-    print(f"ratio framework/raw: {ratio:.3f}   target >= {args.target}   "
-          f"[{'ok' if ratio >= args.target else 'UNDER'}]   (per round: {', '.join(per_round)})")
+    print(f"ratio framework/raw: {ratio:.3f} (median of the rounds' ratios: {', '.join(per_round)})   "
+          f"target >= {args.target}   [{'ok' if ratio >= args.target else 'UNDER'}]   "
+          f"(all rounds pooled: {pooled:.3f})")
     cpu = {side: sum(m.cpu_seconds for m in results if m.side == side) / sum(m.images for m in results if m.side == side)
            for side in ("raw", "framework")}
     print(f"by this process's CPU time per image (noise from other tenants of the host left out): "
@@ -415,7 +423,8 @@ def main() -> int:
             "precision": str(probe.hardware.precision), "channels_last": bool(probe.hardware.channels_last),
             "compile": probe.hardware.compile, "batch_size": int(probe.data.batch_size),
             "image_size": int(probe.data.image_size), "raw_images_s": totals["raw"],
-            "framework_images_s": totals["framework"], "ratio": ratio, "per_round": [float(r) for r in per_round],
+            "framework_images_s": totals["framework"], "ratio": ratio, "pooled_ratio": pooled,
+            "per_round": [float(r) for r in per_round],
             "loader_images_s": ceiling, "checkpoint_s": sum(m.checkpoint_seconds for m in framework),
             "epoch_end_s": sum(m.epoch_end_seconds for m in framework),
             "ratio_without_epoch_ends": no_ends / totals["raw"], "cpu_ratio": cpu["raw"] / cpu["framework"]},
