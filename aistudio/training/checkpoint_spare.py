@@ -5,8 +5,8 @@ Every epoch writes a whole checkpoint (ResNet-18 + momentum: 90 MB) to a new tem
 VM, pages the guest has not touched lately also fault in the hypervisor. Measured on the 2-core CI VM,
 ResNet-18 + momentum: a new file took 30 ms typically and 130-170 ms whenever freshly freed pages ran out,
 and 40-100 ms inside a training run; rewriting the pages of the file just replaced took 22-26 ms, every
-time. A rewrite in place also needs no new disk blocks when the checkpoint keeps its size, so a nearly
-full disk cannot fail it halfway.
+time. (On ext4 or XFS a rewrite of the same size also needs no new disk blocks; copy-on-write file systems
+allocate anew either way.)
 
 Readers must still see an old checkpoint or a new one, never a mix: someone may be reading the replaced
 file (``aistudio evaluate`` on a running run, a copy, a ``torch.load(mmap=True)`` whose tensors live on).
