@@ -227,20 +227,48 @@ def kill_at(point: str, run_dir: Path, process: subprocess.Popen) -> None:
     elif point == "inside an epoch":
         wait_inside_an_epoch(process, run_dir)
         time.sleep(random.uniform(0, 0.3))
-    else:  # the first checkpoint's temp file exists: its write is under way
+    elif point == "during a checkpoint write":  # the first checkpoint's temp file exists: its write is under way
         folder = run_dir / "checkpoints"
         wait_until(process, lambda: folder.is_dir() and any(folder.glob(".*.tmp")), poll_s=0.001)
+    else:
+        wait_until(process, SpareRewrite(run_dir / "checkpoints"), poll_s=0.001)
     process.kill()
     process.wait(timeout=30)
 
 
-@pytest.mark.parametrize("point", ["start-up", "inside an epoch", "during a checkpoint write"])
+class SpareRewrite:
+    """True while a replaced checkpoint kept as the spare is being rewritten under a temp name (from the
+    epoch after the first best/last replacement on: every write is one; see training/checkpoint_spare.py)."""
+
+    def __init__(self, folder: Path):
+        self.folder, self.inode = folder, None
+
+    def __call__(self) -> bool:
+        try:
+            self.inode = (self.folder / ".spare-checkpoint.tmp").stat().st_ino
+        except FileNotFoundError:
+            pass
+        return self.inode is not None and any(temp.name != ".spare-checkpoint.tmp" and _inode(temp) == self.inode
+                                              for temp in self.folder.glob(".*.tmp"))
+
+
+def _inode(path: Path) -> int | None:
+    try:
+        return path.stat().st_ino
+    except FileNotFoundError:  # renamed over best/last since the listing
+        return None
+
+
+@pytest.mark.parametrize("point", ["start-up", "inside an epoch", "during a checkpoint write",
+                                   "while a replaced checkpoint is rewritten"])
 def test_kill_9_anywhere_then_an_immediate_resume_completes_like_the_uninterrupted_run(tmp_path, big_colors,
                                                                                       uninterrupted, point):
     run_dir = tmp_path / "runs" / "killed"
     process = start_train(["data=project", f"data.project={big_colors}", *DETERMINISTIC,
                            f"hydra.run.dir={run_dir}"], tmp_path)
     kill_at(point, run_dir, process)
+    if point == "while a replaced checkpoint is rewritten":  # the kill hit the rewrite: its file is left
+        assert [p.name for p in temp_files(run_dir) if p.name != ".spare-checkpoint.tmp"], "killed after the rewrite"
     resumed = run_train([f"resume={run_dir}"], tmp_path)  # at once: the killed run's workers may still live
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "another training run is active" not in resumed.stderr
