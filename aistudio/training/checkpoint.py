@@ -28,13 +28,13 @@ import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
-from lightning_utilities.core.apply_func import apply_to_collection
 from torch.utils.serialization import config as serialization_config
 
 from aistudio import AistudioError, exception_chain
 from aistudio.runs.atomic import commit_temp, write_temp
 from aistudio.training.checkpoint_spare import SpareFiles
 from aistudio.training.checkpoint_staging import HostStaging, Snapshot
+from aistudio.training.tensor_tree import tensor_bytes
 
 log = logging.getLogger("aistudio.train")
 
@@ -152,7 +152,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     def _write(self, checkpoint: dict[str, Any], path: Path, size: int | None = None) -> None:
         self._commit(self._write_temp(checkpoint, path, size), path, size)
 
-    def _write_temp(self, checkpoint: dict[str, Any], path: Path, size: int | None) -> Path:
+    def _write_temp(self, checkpoint: dict[str, Any], path: Path, size: int | None = None) -> Path:
         def save(handle: Any) -> None:
             with _crc32(self.crc32):
                 torch.save(checkpoint, handle)
@@ -160,13 +160,15 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         try:
             return write_temp(path, save, mode="wb", reuse=self._spares.take(path))
         except Exception as err:  # write_temp has removed the temp file
-            raise CheckpointWriteError(path, size, err) from err
+            # the size is worked out only now: walking the checkpoint costs every write a few ms
+            raise CheckpointWriteError(path, size or tensor_bytes(checkpoint) or None, err) from err
 
-    def _commit(self, tmp: Path, path: Path, size: int | None) -> None:
+    def _commit(self, tmp: Path, path: Path, size: int | None = None) -> None:
         try:
+            size = size or tmp.stat().st_size  # the whole file is written: its exact size, for the error
             commit_temp(tmp, path, replace=self._spares.replace)
         except Exception as err:  # commit_temp has removed the temp file
-            raise CheckpointWriteError(path, size, err) from err
+            raise CheckpointWriteError(path, size or None, err) from err
 
     def _link(self, source: Path, target: Path) -> None:
         try:
@@ -186,19 +188,12 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             self.check()  # a failed write stops here, before copying anything
             self._submit(self._write_snapshot, self._staging.snapshot(checkpoint, self.wait), Path(path))
             return
-        size = 0  # the tensors' bytes: about the file's size, quoted when the disk is full
-
-        def count(tensor: torch.Tensor) -> torch.Tensor:
-            nonlocal size
-            size += tensor.nelement() * tensor.element_size()
-            return tensor
-
-        apply_to_collection(checkpoint, torch.Tensor, count)
         if self.mode == "in_line":
-            self._write(checkpoint, Path(path), size or None)
+            self._write(checkpoint, Path(path))
             return
         self.check()  # commit_behind: a failed commit stops here; serialise here, fsync + rename behind
-        self._submit(self._commit, self._write_temp(checkpoint, Path(path), size or None), Path(path), size or None)
+        path = Path(path)
+        self._submit(self._commit, self._write_temp(checkpoint, path), path)
 
     def remove_checkpoint(self, path: Any) -> None:
         self._submit(super().remove_checkpoint, path)

@@ -16,7 +16,8 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-from lightning_utilities.core.apply_func import apply_to_collection
+
+from aistudio.training.tensor_tree import map_tensors, tensors_of
 
 MAX_BUFFER_SETS = 2  # one being written while the next epoch's snapshot fills the other
 
@@ -49,8 +50,7 @@ class HostStaging:
     def snapshot(self, checkpoint: dict[str, Any], wait: Callable[[], None]) -> Snapshot:
         """Copy ``checkpoint``'s tensors into host buffers (asynchronously from a GPU); ``wait`` blocks until
         the writes in flight are done, for when every buffer set is still in use."""
-        tensors: list[torch.Tensor] = []
-        apply_to_collection(checkpoint, torch.Tensor, tensors.append)
+        tensors = tensors_of(checkpoint)
         layout = tuple(_layout(t) for t in tensors)
         buffers = self._take(layout, tensors, wait)
         on_gpu = any(t.is_cuda for t in tensors)
@@ -62,7 +62,7 @@ class HostStaging:
                 return tensor.detach().to("cpu", copy=True)
             return buffer.copy_(tensor.detach(), non_blocking=tensor.is_cuda)
 
-        staged = apply_to_collection(checkpoint, torch.Tensor, copy)
+        staged = map_tensors(checkpoint, copy)
         event = None
         if on_gpu:
             event = torch.cuda.Event()
